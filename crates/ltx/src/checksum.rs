@@ -95,7 +95,10 @@ mod tests {
         let data = [7u8; 512];
         let mut raw = 3u32.to_be_bytes().to_vec();
         raw.extend_from_slice(&data);
-        assert_eq!(Checksum::page(3, &data), Checksum(CRC64.checksum(&raw) | (1 << 63)));
+        assert_eq!(
+            Checksum::page(3, &data),
+            Checksum(CRC64.checksum(&raw) | (1 << 63))
+        );
     }
 
     #[test]

@@ -98,16 +98,25 @@ impl<R: Read> Decoder<R> {
         let size = u32::from_be_bytes(size) as usize;
         let page_size = self.header.page_size as usize;
         if size == 0 || size > compress_bound(page_size) {
-            return Err(Error::Corrupt(format!("page {pgno}: compressed size {size} out of range")));
+            return Err(Error::Corrupt(format!(
+                "page {pgno}: compressed size {size} out of range"
+            )));
         }
         self.compressed.resize(size, 0);
-        self.r.read_exact(&mut self.compressed).map_err(truncated("page data"))?;
+        self.r
+            .read_exact(&mut self.compressed)
+            .map_err(truncated("page data"))?;
         buf.resize(page_size, 0);
-        decompress_exact(&self.compressed, buf).map_err(|e| Error::Corrupt(format!("page {pgno}: {e}")))?;
+        decompress_exact(&self.compressed, buf)
+            .map_err(|e| Error::Corrupt(format!("page {pgno}: {e}")))?;
         self.hash.update(buf);
 
         let frame = (PAGE_HEADER_SIZE + 4 + size) as u64;
-        self.frames.push(PageIndexEntry { pgno, offset: self.n - (PAGE_HEADER_SIZE + 4) as u64, size: frame });
+        self.frames.push(PageIndexEntry {
+            pgno,
+            offset: self.n - (PAGE_HEADER_SIZE + 4) as u64,
+            size: frame,
+        });
         self.n += size as u64;
         self.prev_pgno = pgno;
         if let Some(db) = &mut self.db_checksum {
@@ -132,21 +141,27 @@ impl<R: Read> Decoder<R> {
         self.read_hashed(&mut post, "trailer")?;
         let mut t = [0u8; TRAILER_SIZE];
         t[..8].copy_from_slice(&post);
-        self.r.read_exact(&mut t[8..]).map_err(truncated("trailer"))?;
+        self.r
+            .read_exact(&mut t[8..])
+            .map_err(truncated("trailer"))?;
         let trailer = Trailer::decode(&t);
 
         let actual = Checksum(Checksum::FLAG.0 | self.hash.clone().finalize());
         if actual != trailer.file_checksum {
-            return Err(Error::ChecksumMismatch { what: "file checksum", expected: trailer.file_checksum, actual });
+            return Err(Error::ChecksumMismatch {
+                what: "file checksum",
+                expected: trailer.file_checksum,
+                actual,
+            });
         }
-        if let Some(db) = self.db_checksum {
-            if db.value() != trailer.post_apply_checksum {
-                return Err(Error::ChecksumMismatch {
-                    what: "snapshot post-apply checksum",
-                    expected: trailer.post_apply_checksum,
-                    actual: db.value(),
-                });
-            }
+        if let Some(db) = self.db_checksum
+            && db.value() != trailer.post_apply_checksum
+        {
+            return Err(Error::ChecksumMismatch {
+                what: "snapshot post-apply checksum",
+                expected: trailer.post_apply_checksum,
+                actual: db.value(),
+            });
         }
         let mut extra = [0u8; 1];
         loop {
@@ -172,10 +187,16 @@ impl<R: Read> Decoder<R> {
             }
             let offset = self.read_uvarint()?;
             let size = self.read_uvarint()?;
-            let entry = u32::try_from(pgno).ok().map(|pgno| PageIndexEntry { pgno, offset, size });
+            let entry = u32::try_from(pgno)
+                .ok()
+                .map(|pgno| PageIndexEntry { pgno, offset, size });
             match entry {
                 Some(e) if self.frames.get(self.index.len()) == Some(&e) => self.index.push(e),
-                _ => return Err(Error::Corrupt(format!("page index entry for page {pgno} does not match the page frames"))),
+                _ => {
+                    return Err(Error::Corrupt(format!(
+                        "page index entry for page {pgno} does not match the page frames"
+                    )));
+                }
             }
         }
         if self.index.len() != self.frames.len() {
@@ -186,7 +207,9 @@ impl<R: Read> Decoder<R> {
         self.read_hashed(&mut stored, "page index size")?;
         let stored = u64::from_be_bytes(stored);
         if stored != len {
-            return Err(Error::Corrupt(format!("page index size is {stored}, index has {len} bytes")));
+            return Err(Error::Corrupt(format!(
+                "page index size is {stored}, index has {len} bytes"
+            )));
         }
         Ok(())
     }
@@ -218,6 +241,7 @@ impl<R: Read> Decoder<R> {
 }
 
 /// Decodes a whole file from bytes: header, pages `(pgno, bytes)` and trailer.
+#[allow(clippy::type_complexity)] // the plain tuple is the documented API
 pub fn decode_all(bytes: &[u8]) -> Result<(Header, Vec<(u32, Vec<u8>)>, Trailer)> {
     let mut dec = Decoder::new(bytes)?;
     let mut pages = Vec::new();

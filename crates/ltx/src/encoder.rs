@@ -5,7 +5,9 @@ use std::io::Write;
 use crate::checksum::digest;
 use crate::header::check_post_apply;
 use crate::lz4::{Compressor, compress_bound};
-use crate::page::{PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndexEntry, check_page_order, encode_index};
+use crate::page::{
+    PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndexEntry, check_page_order, encode_index,
+};
 use crate::{Checksum, Error, Header, Result, Trailer};
 
 enum State {
@@ -62,7 +64,10 @@ impl<W: Write> Encoder<W> {
         self.check_usable()?;
         let page_size = self.header.page_size as usize;
         if data.len() != page_size {
-            return Err(Error::PageSizeMismatch { expected: page_size, actual: data.len() });
+            return Err(Error::PageSizeMismatch {
+                expected: page_size,
+                actual: data.len(),
+            });
         }
         check_page_order(&self.header, self.prev_pgno, pgno)?;
 
@@ -85,7 +90,11 @@ impl<W: Write> Encoder<W> {
         let size = frame.len() as u64;
         self.frame = frame;
         self.fail_on(written)?;
-        self.index.push(PageIndexEntry { pgno, offset: self.n, size });
+        self.index.push(PageIndexEntry {
+            pgno,
+            offset: self.n,
+            size,
+        });
         self.n += size;
         self.prev_pgno = pgno;
         Ok(())
@@ -112,7 +121,10 @@ impl<W: Write> Encoder<W> {
         let written = self.w.write_all(&tail).and_then(|()| self.w.flush());
         self.fail_on(written)?;
         self.n += tail.len() as u64;
-        let trailer = Trailer { post_apply_checksum, file_checksum };
+        let trailer = Trailer {
+            post_apply_checksum,
+            file_checksum,
+        };
         self.state = State::Finished(trailer);
         Ok(trailer)
     }

@@ -128,10 +128,16 @@ impl Header {
             return bad("maximum transaction id required".into());
         }
         if self.min_txid > self.max_txid {
-            return bad(format!("transaction ids out of order: ({},{})", self.min_txid, self.max_txid));
+            return bad(format!(
+                "transaction ids out of order: ({},{})",
+                self.min_txid, self.max_txid
+            ));
         }
         if self.wal_offset < 0 {
-            return bad(format!("wal offset cannot be negative: {}", self.wal_offset));
+            return bad(format!(
+                "wal offset cannot be negative: {}",
+                self.wal_offset
+            ));
         }
         if self.wal_size < 0 {
             return bad(format!("wal size cannot be negative: {}", self.wal_size));
@@ -214,7 +220,9 @@ impl Trailer {
     pub fn validate(&self, header: &Header) -> Result<()> {
         check_post_apply(header, self.post_apply_checksum)?;
         if !self.file_checksum.has_flag() {
-            return Err(Error::InvalidTrailer("file checksum missing or without flag bit".into()));
+            return Err(Error::InvalidTrailer(
+                "file checksum missing or without flag bit".into(),
+            ));
         }
         Ok(())
     }
@@ -274,38 +282,55 @@ mod tests {
             f(&mut h);
             h.validate()
         };
-        assert!(matches!(check(&|h| h.flags = 1), Err(Error::InvalidHeader(_))));
-        assert!(matches!(check(&|h| h.page_size = 1 << 31), Err(Error::InvalidPageSize(_))));
-        assert!(matches!(check(&|h| h.page_size = 1000), Err(Error::InvalidPageSize(1000))));
+        assert!(matches!(
+            check(&|h| h.flags = 1),
+            Err(Error::InvalidHeader(_))
+        ));
+        assert!(matches!(
+            check(&|h| h.page_size = 1 << 31),
+            Err(Error::InvalidPageSize(_))
+        ));
+        assert!(matches!(
+            check(&|h| h.page_size = 1000),
+            Err(Error::InvalidPageSize(1000))
+        ));
         assert!(check(&|h| h.min_txid = TxId(0)).is_err());
         assert!(check(&|h| h.min_txid = TxId(4)).is_err());
         assert!(check(&|h| h.wal_offset = -1).is_err());
         assert!(check(&|h| h.wal_offset = 0).is_err()); // salts without offset
         assert!(check(&|h| h.pre_apply_checksum = Checksum::FLAG).is_err());
         // Snapshot: pre-apply must be zero even with checksums tracked.
-        assert!(check(&|h| {
-            h.min_txid = TxId(1);
-            h.flags = 0;
-        })
-        .is_ok());
-        assert!(check(&|h| {
-            h.min_txid = TxId(1);
-            h.flags = 0;
-            h.pre_apply_checksum = Checksum::FLAG;
-        })
-        .is_err());
+        assert!(
+            check(&|h| {
+                h.min_txid = TxId(1);
+                h.flags = 0;
+            })
+            .is_ok()
+        );
+        assert!(
+            check(&|h| {
+                h.min_txid = TxId(1);
+                h.flags = 0;
+                h.pre_apply_checksum = Checksum::FLAG;
+            })
+            .is_err()
+        );
         // Tracked, non-snapshot: pre-apply required with flag bit.
         assert!(check(&|h| h.flags = 0).is_err());
-        assert!(check(&|h| {
-            h.flags = 0;
-            h.pre_apply_checksum = Checksum(5);
-        })
-        .is_err());
-        assert!(check(&|h| {
-            h.flags = 0;
-            h.pre_apply_checksum = Checksum(5 | 1 << 63);
-        })
-        .is_ok());
+        assert!(
+            check(&|h| {
+                h.flags = 0;
+                h.pre_apply_checksum = Checksum(5);
+            })
+            .is_err()
+        );
+        assert!(
+            check(&|h| {
+                h.flags = 0;
+                h.pre_apply_checksum = Checksum(5 | 1 << 63);
+            })
+            .is_ok()
+        );
     }
 
     #[test]
@@ -325,16 +350,36 @@ mod tests {
     #[test]
     fn trailer_rules() {
         let h = hdr();
-        let t = Trailer { post_apply_checksum: Checksum::ZERO, file_checksum: Checksum(1 << 63 | 7) };
+        let t = Trailer {
+            post_apply_checksum: Checksum::ZERO,
+            file_checksum: Checksum(1 << 63 | 7),
+        };
         assert!(t.validate(&h).is_ok());
         assert_eq!(Trailer::decode(&t.encode()), t);
-        let t2 = Trailer { post_apply_checksum: Checksum(1 << 63 | 3), ..t };
+        let t2 = Trailer {
+            post_apply_checksum: Checksum(1 << 63 | 3),
+            ..t
+        };
         assert!(matches!(t2.validate(&h), Err(Error::InvalidTrailer(_))));
-        let tracked = Header { flags: 0, pre_apply_checksum: Checksum::FLAG, ..h };
+        let tracked = Header {
+            flags: 0,
+            pre_apply_checksum: Checksum::FLAG,
+            ..h
+        };
         assert!(t2.validate(&tracked).is_ok());
         assert!(t.validate(&tracked).is_err());
-        let empty = Header { commit: 0, ..tracked };
+        let empty = Header {
+            commit: 0,
+            ..tracked
+        };
         assert!(t2.validate(&empty).is_err());
-        assert!(Trailer { post_apply_checksum: Checksum::FLAG, ..t }.validate(&empty).is_ok());
+        assert!(
+            Trailer {
+                post_apply_checksum: Checksum::FLAG,
+                ..t
+            }
+            .validate(&empty)
+            .is_ok()
+        );
     }
 }

@@ -29,8 +29,8 @@ pub use decoder::{Decoder, decode_all};
 pub use encoder::Encoder;
 pub use error::{Error, Result};
 pub use header::{
-    HEADER_FLAG_MASK, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, Header, MAGIC, MAX_PAGE_SIZE, MIN_PAGE_SIZE, PENDING_BYTE,
-    TRAILER_SIZE, Trailer, is_valid_page_size, lock_pgno,
+    HEADER_FLAG_MASK, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, Header, MAGIC, MAX_PAGE_SIZE,
+    MIN_PAGE_SIZE, PENDING_BYTE, TRAILER_SIZE, Trailer, is_valid_page_size, lock_pgno,
 };
 pub use page::{PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndexEntry};
 pub use txid::TxId;

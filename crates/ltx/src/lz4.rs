@@ -35,22 +35,42 @@ fn le32(b: &[u8], i: usize) -> u32 {
 }
 
 /// Reusable match-finder state: the low 16 bits of the last position seen
-/// for each hash. An unused slot reads as position 0, exactly like the Go
-/// table with its in-use bitmap cleared.
+/// for each hash, tagged with the call's generation so the table needs no
+/// clearing between calls. A slot from another call reads as position 0,
+/// exactly like a slot of the Go table whose in-use bit is clear.
 pub(crate) struct Compressor {
-    table: Vec<u16>,
+    table: Vec<u32>,
+    generation: u32,
 }
 
 impl Compressor {
     /// A compressor with an empty table.
     pub(crate) fn new() -> Compressor {
-        Compressor { table: vec![0; 1 << HASH_LOG] }
+        Compressor {
+            table: vec![0; 1 << HASH_LOG],
+            generation: 0,
+        }
+    }
+
+    /// Starts a new block: invalidates every slot.
+    fn reset(&mut self) {
+        self.generation += 1;
+        if self.generation > 0xffff {
+            self.table.fill(0);
+            self.generation = 1;
+        }
     }
 
     /// Candidate match position for hash `h` at `si` (may be negative or out
     /// of the window; callers check).
     fn get(&self, h: usize, si: usize) -> isize {
-        let mut i = self.table[h] as isize + (si & !(WIN_SIZE - 1)) as isize;
+        let slot = self.table[h];
+        let pos = if slot >> 16 == self.generation {
+            slot & 0xffff
+        } else {
+            0
+        };
+        let mut i = pos as isize + (si & !(WIN_SIZE - 1)) as isize;
         if i >= si as isize {
             i -= WIN_SIZE as isize;
         }
@@ -58,7 +78,7 @@ impl Compressor {
     }
 
     fn put(&mut self, h: usize, si: usize) {
-        self.table[h] = si as u16;
+        self.table[h] = (self.generation << 16) | (si as u32 & 0xffff);
     }
 
     /// Whether `src[si..si+4]` matches at candidate `r`; returns the offset.
@@ -70,7 +90,7 @@ impl Compressor {
 
     /// Compresses `src` as one LZ4 block, appending to `dst`.
     pub(crate) fn compress(&mut self, src: &[u8], dst: &mut Vec<u8>) {
-        self.table.fill(0);
+        self.reset();
         let mut si = 0usize;
         let mut anchor = 0usize;
         let sn = src.len().saturating_sub(MF_LIMIT);
@@ -170,7 +190,10 @@ fn push_length(dst: &mut Vec<u8>, mut n: usize) {
 pub(crate) fn decompress_exact(src: &[u8], out: &mut [u8]) -> Result<(), String> {
     match lz4_flex::block::decompress_into(src, out) {
         Ok(n) if n == out.len() => Ok(()),
-        Ok(n) => Err(format!("LZ4 block expands to {n} bytes, expected {}", out.len())),
+        Ok(n) => Err(format!(
+            "LZ4 block expands to {n} bytes, expected {}",
+            out.len()
+        )),
         Err(e) => Err(format!("bad LZ4 block: {e}")),
     }
 }
@@ -198,6 +221,26 @@ mod tests {
         round_trip(&pat);
         round_trip(&[]);
         round_trip(b"short input");
+    }
+
+    #[test]
+    fn reuse_is_deterministic() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 13) as u8).collect();
+        let mut c = Compressor::new();
+        let mut first = Vec::new();
+        c.compress(&data, &mut first);
+        for _ in 0..70_000 {
+            let mut other = Vec::new();
+            c.compress(
+                &[
+                    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 1, 2, 3, 4,
+                ],
+                &mut other,
+            );
+        }
+        let mut again = Vec::new();
+        c.compress(&data, &mut again);
+        assert_eq!(first, again);
     }
 
     #[test]

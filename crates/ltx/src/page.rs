@@ -45,7 +45,11 @@ pub(crate) fn check_page_order(header: &Header, prev: u32, pgno: u32) -> Result<
     } else {
         pgno > prev
     };
-    if in_order { Ok(()) } else { Err(Error::PageOrder { prev, pgno }) }
+    if in_order {
+        Ok(())
+    } else {
+        Err(Error::PageOrder { prev, pgno })
+    }
 }
 
 /// Appends `v` as an unsigned LEB128 varint (Go `binary.AppendUvarint`).
@@ -102,11 +106,20 @@ mod tests {
         };
         let lock = h.lock_pgno();
         assert!(check_page_order(&h, 0, 1).is_ok());
-        assert!(matches!(check_page_order(&h, 0, 2), Err(Error::PageOrder { prev: 0, pgno: 2 })));
+        assert!(matches!(
+            check_page_order(&h, 0, 2),
+            Err(Error::PageOrder { prev: 0, pgno: 2 })
+        ));
         assert!(check_page_order(&h, 1, 3).is_err());
-        assert!(matches!(check_page_order(&h, lock - 1, lock), Err(Error::InvalidPage { .. })));
+        assert!(matches!(
+            check_page_order(&h, lock - 1, lock),
+            Err(Error::InvalidPage { .. })
+        ));
         assert!(check_page_order(&h, lock - 1, lock + 1).is_ok());
-        assert!(matches!(check_page_order(&h, 5, 20001), Err(Error::InvalidPage { .. })));
+        assert!(matches!(
+            check_page_order(&h, 5, 20001),
+            Err(Error::InvalidPage { .. })
+        ));
         h.min_txid = TxId(2);
         h.max_txid = TxId(2);
         assert!(check_page_order(&h, 0, 7).is_ok());

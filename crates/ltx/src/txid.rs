@@ -44,8 +44,21 @@ mod tests {
         assert_eq!("167".parse::<TxId>().unwrap(), TxId(167));
         assert_eq!("0000000000000010".parse::<TxId>().unwrap(), TxId(16));
         assert_eq!(TxId(167).to_string(), "00000000000000a7");
-        for bad in ["", "+1", "-1", " 1", "a7", "0x10", "00000000000000g7", "000000000000000a7", "99999999999999999999"] {
-            assert!(matches!(bad.parse::<TxId>(), Err(Error::InvalidTxId(_))), "{bad}");
+        for bad in [
+            "",
+            "+1",
+            "-1",
+            " 1",
+            "a7",
+            "0x10",
+            "00000000000000g7",
+            "000000000000000a7",
+            "99999999999999999999",
+        ] {
+            assert!(
+                matches!(bad.parse::<TxId>(), Err(Error::InvalidTxId(_))),
+                "{bad}"
+            );
         }
     }
 }

@@ -50,9 +50,19 @@ pub struct WalHeader {
 
 impl WalHeader {
     /// A header with its checksum computed (for tests and fixtures).
-    pub fn new(big_endian: bool, page_size: u32, checkpoint_seq: u32, salt1: u32, salt2: u32) -> WalHeader {
+    pub fn new(
+        big_endian: bool,
+        page_size: u32,
+        checkpoint_seq: u32,
+        salt1: u32,
+        salt2: u32,
+    ) -> WalHeader {
         let mut h = WalHeader {
-            magic: if big_endian { WAL_MAGIC_BE } else { WAL_MAGIC_LE },
+            magic: if big_endian {
+                WAL_MAGIC_BE
+            } else {
+                WAL_MAGIC_LE
+            },
             version: WAL_VERSION,
             page_size,
             checkpoint_seq,
@@ -70,13 +80,20 @@ impl WalHeader {
     pub fn decode(b: &[u8]) -> Result<WalHeader> {
         let bad = |m: String| Err(Error::InvalidWal(m));
         if b.len() < WAL_HEADER_SIZE {
-            return bad(format!("header needs {WAL_HEADER_SIZE} bytes, got {}", b.len()));
+            return bad(format!(
+                "header needs {WAL_HEADER_SIZE} bytes, got {}",
+                b.len()
+            ));
         }
         let raw_page_size = be32(b, 8);
         let h = WalHeader {
             magic: be32(b, 0),
             version: be32(b, 4),
-            page_size: if raw_page_size == 1 { 65536 } else { raw_page_size },
+            page_size: if raw_page_size == 1 {
+                65536
+            } else {
+                raw_page_size
+            },
             checkpoint_seq: be32(b, 12),
             salt1: be32(b, 16),
             salt2: be32(b, 20),
@@ -109,7 +126,11 @@ impl WalHeader {
 
     /// Encodes the header as stored (page size 65536 written as 1).
     pub fn encode(&self) -> [u8; WAL_HEADER_SIZE] {
-        let page_size = if self.page_size == 65536 { 1 } else { self.page_size };
+        let page_size = if self.page_size == 65536 {
+            1
+        } else {
+            self.page_size
+        };
         let fields = [
             self.magic,
             self.version,
@@ -165,7 +186,14 @@ impl FrameHeader {
 
     /// Encodes the frame header.
     pub fn encode(&self) -> [u8; FRAME_HEADER_SIZE] {
-        let fields = [self.pgno, self.commit, self.salt1, self.salt2, self.checksum1, self.checksum2];
+        let fields = [
+            self.pgno,
+            self.commit,
+            self.salt1,
+            self.salt2,
+            self.checksum1,
+            self.checksum2,
+        ];
         let mut b = [0u8; FRAME_HEADER_SIZE];
         for (chunk, v) in b.chunks_exact_mut(4).zip(fields) {
             chunk.copy_from_slice(&v.to_be_bytes());
@@ -176,8 +204,21 @@ impl FrameHeader {
     /// A valid frame header for `page` following checksum `seed` in the WAL
     /// described by `wal` (for tests and fixtures). Its
     /// `(checksum1, checksum2)` seeds the next frame.
-    pub fn compute(wal: &WalHeader, seed: (u32, u32), pgno: u32, commit: u32, page: &[u8]) -> FrameHeader {
-        let mut h = FrameHeader { pgno, commit, salt1: wal.salt1, salt2: wal.salt2, checksum1: 0, checksum2: 0 };
+    pub fn compute(
+        wal: &WalHeader,
+        seed: (u32, u32),
+        pgno: u32,
+        commit: u32,
+        page: &[u8],
+    ) -> FrameHeader {
+        let mut h = FrameHeader {
+            pgno,
+            commit,
+            salt1: wal.salt1,
+            salt2: wal.salt2,
+            checksum1: 0,
+            checksum2: 0,
+        };
         let be = wal.big_endian_checksums();
         let s = wal_checksum(be, seed, &h.encode()[..8]);
         (h.checksum1, h.checksum2) = wal_checksum(be, s, page);
@@ -196,7 +237,11 @@ impl FrameHeader {
 pub fn wal_checksum(big_endian: bool, seed: (u32, u32), data: &[u8]) -> (u32, u32) {
     let word = |b: &[u8]| {
         let a = [b[0], b[1], b[2], b[3]];
-        if big_endian { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) }
+        if big_endian {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
     };
     let (mut s0, mut s1) = seed;
     for pair in data.chunks_exact(8) {
@@ -237,7 +282,9 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// The next valid frame and its page, or `None` at the end of the valid
-    /// log. I/O errors other than a short read are returned.
+    /// log. I/O errors other than a short read are returned. (Not an
+    /// `Iterator`: the page borrows the reader's buffer.)
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<(FrameHeader, &[u8])>> {
         if self.done {
             return Ok(None);
@@ -305,7 +352,10 @@ mod tests {
         let s1b = s1.wrapping_add(0x0400_0000).wrapping_add(s0b);
         assert_eq!(wal_checksum(true, (0, 0), &data), (s0b, s1b));
         // Wrapping and seeding.
-        assert_eq!(wal_checksum(false, (u32::MAX, 1), &[1, 0, 0, 0, 0, 0, 0, 0]), (1, 2));
+        assert_eq!(
+            wal_checksum(false, (u32::MAX, 1), &[1, 0, 0, 0, 0, 0, 0, 0]),
+            (1, 2)
+        );
     }
 
     #[test]
@@ -325,14 +375,23 @@ mod tests {
         for (i, v) in [(0usize, 0x377f_0684u32), (4, 3_007_001), (8, 1000), (16, 9)] {
             let mut b = good;
             b[i..i + 4].copy_from_slice(&v.to_be_bytes());
-            assert!(matches!(WalHeader::decode(&b), Err(Error::InvalidWal(_))), "field at {i}");
+            assert!(
+                matches!(WalHeader::decode(&b), Err(Error::InvalidWal(_))),
+                "field at {i}"
+            );
         }
         assert!(WalHeader::decode(&good[..31]).is_err());
     }
 
     #[test]
     fn frames_stop_at_short_or_bad() {
-        let h = WalHeader::new(false, 512, 0, 7, 8);
+        for be in [false, true] {
+            frames_stop_at_short_or_bad_in(be);
+        }
+    }
+
+    fn frames_stop_at_short_or_bad_in(big_endian: bool) {
+        let h = WalHeader::new(big_endian, 512, 0, 7, 8);
         let mut wal = Vec::new();
         let mut seed = (h.checksum1, h.checksum2);
         for pgno in 1..=3u32 {

@@ -5,12 +5,15 @@ use std::path::{Path, PathBuf};
 
 use ltx::wal::{FRAME_HEADER_SIZE, FrameHeader, FrameReader, WAL_HEADER_SIZE, WalHeader};
 use ltx::{
-    Checksum, DbChecksum, Decoder, Encoder, Error, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, Header, TxId, decode_all,
-    lock_pgno,
+    Checksum, DbChecksum, Decoder, Encoder, Error, HEADER_FLAG_NO_CHECKSUM, HEADER_SIZE, Header,
+    TxId, decode_all, lock_pgno,
 };
 use proptest::prelude::*;
 
-const LITESTREAM_LTX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/litestream-0.5.17/replica/ltx");
+const LITESTREAM_LTX: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/litestream-0.5.17/replica/ltx"
+);
 const TESTDATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
 
 fn encode(header: &Header, pages: &[(u32, Vec<u8>)], post: Checksum) -> Vec<u8> {
@@ -43,7 +46,8 @@ fn litestream_fixtures_decode_and_reencode_identically() {
     let files = litestream_files();
     for path in &files {
         let bytes = std::fs::read(path).unwrap();
-        let (header, pages, trailer) = decode_all(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (header, pages, trailer) =
+            decode_all(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 
         // The file name is MinTXID-MaxTXID.
         let name = path.file_stem().unwrap().to_str().unwrap();
@@ -104,30 +108,50 @@ fn header(page_size: u32, commit: u32, min: u64, max: u64) -> Header {
 fn page_strategy(page_size: usize) -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), page_size),
-        (any::<u8>(), proptest::collection::vec((0..page_size, any::<u8>()), 0..20)).prop_map(move |(fill, pokes)| {
-            let mut p = vec![fill; page_size];
-            for (i, b) in pokes {
-                p[i] = b;
-            }
-            p
-        }),
+        (
+            any::<u8>(),
+            proptest::collection::vec((0..page_size, any::<u8>()), 0..20)
+        )
+            .prop_map(move |(fill, pokes)| {
+                let mut p = vec![fill; page_size];
+                for (i, b) in pokes {
+                    p[i] = b;
+                }
+                p
+            }),
         proptest::collection::vec(0u8..4, page_size / 16).prop_map(|small| small.repeat(16)),
     ]
 }
 
 fn file_strategy() -> impl Strategy<Value = (Header, Vec<(u32, Vec<u8>)>)> {
-    (9u32..=16, any::<bool>(), 1u64..1000, any::<i64>(), any::<u64>())
+    (
+        9u32..=16,
+        any::<bool>(),
+        1u64..1000,
+        any::<i64>(),
+        any::<u64>(),
+    )
         .prop_flat_map(|(shift, snapshot, min, ts, node)| {
             let page_size = 1usize << shift;
             let pgnos = if snapshot {
-                (1u32..5).prop_map(|n| (1..=n).collect::<Vec<u32>>()).boxed()
+                (1u32..5)
+                    .prop_map(|n| (1..=n).collect::<Vec<u32>>())
+                    .boxed()
             } else {
-                proptest::collection::btree_set(1u32..200, 1..5).prop_map(|s| s.into_iter().collect()).boxed()
+                proptest::collection::btree_set(1u32..200, 1..5)
+                    .prop_map(|s| s.into_iter().collect())
+                    .boxed()
             };
-            (Just((page_size, snapshot, min, ts, node)), pgnos.prop_flat_map(move |pgnos| {
-                let n = pgnos.len();
-                (Just(pgnos), proptest::collection::vec(page_strategy(page_size), n))
-            }))
+            (
+                Just((page_size, snapshot, min, ts, node)),
+                pgnos.prop_flat_map(move |pgnos| {
+                    let n = pgnos.len();
+                    (
+                        Just(pgnos),
+                        proptest::collection::vec(page_strategy(page_size), n),
+                    )
+                }),
+            )
         })
         .prop_map(|((page_size, snapshot, min, ts, node), (pgnos, datas))| {
             let commit = *pgnos.last().unwrap();
@@ -196,7 +220,10 @@ fn snapshot_with_wrong_post_apply_checksum_is_rejected() {
     let bytes = encode(&h, &pages, Checksum(Checksum::FLAG.0 | 1));
     assert!(matches!(
         decode_all(&bytes),
-        Err(Error::ChecksumMismatch { what: "snapshot post-apply checksum", .. })
+        Err(Error::ChecksumMismatch {
+            what: "snapshot post-apply checksum",
+            ..
+        })
     ));
 }
 
@@ -204,31 +231,55 @@ fn snapshot_with_wrong_post_apply_checksum_is_rejected() {
 fn encoder_enforces_rules() {
     let h = header(512, 10, 1, 1);
     let mut enc = Encoder::new(Vec::new(), &h).unwrap();
-    assert!(matches!(enc.encode_page(2, &[0; 512]), Err(Error::PageOrder { prev: 0, pgno: 2 })));
-    assert!(matches!(enc.encode_page(1, &[0; 511]), Err(Error::PageSizeMismatch { expected: 512, actual: 511 })));
+    assert!(matches!(
+        enc.encode_page(2, &[0; 512]),
+        Err(Error::PageOrder { prev: 0, pgno: 2 })
+    ));
+    assert!(matches!(
+        enc.encode_page(1, &[0; 511]),
+        Err(Error::PageSizeMismatch {
+            expected: 512,
+            actual: 511
+        })
+    ));
     enc.encode_page(1, &[0; 512]).unwrap();
-    assert!(matches!(enc.encode_page(11, &[0; 512]), Err(Error::InvalidPage { pgno: 11, .. })));
+    assert!(matches!(
+        enc.encode_page(11, &[0; 512]),
+        Err(Error::InvalidPage { pgno: 11, .. })
+    ));
     // The no-checksum flag forbids a post-apply checksum; nothing is written.
     let before = enc.bytes_written();
-    assert!(matches!(enc.finish(Checksum::FLAG), Err(Error::InvalidTrailer(_))));
+    assert!(matches!(
+        enc.finish(Checksum::FLAG),
+        Err(Error::InvalidTrailer(_))
+    ));
     assert_eq!(enc.bytes_written(), before);
     let t = enc.finish(Checksum::ZERO).unwrap();
     let len = enc.bytes_written();
     assert_eq!(enc.finish(Checksum::ZERO).unwrap(), t);
     assert_eq!(enc.bytes_written(), len);
-    assert!(matches!(enc.encode_page(2, &[0; 512]), Err(Error::InvalidState(_))));
+    assert!(matches!(
+        enc.encode_page(2, &[0; 512]),
+        Err(Error::InvalidState(_))
+    ));
     assert_eq!(enc.into_inner().len() as u64, len);
 
     // The lock page is skipped in a snapshot and never stored.
     let lock = lock_pgno(65536);
     let h = header(65536, lock + 1, 2, 2);
     let mut enc = Encoder::new(Vec::new(), &h).unwrap();
-    assert!(matches!(enc.encode_page(lock, &vec![0; 65536]), Err(Error::InvalidPage { .. })));
+    assert!(matches!(
+        enc.encode_page(lock, &vec![0; 65536]),
+        Err(Error::InvalidPage { .. })
+    ));
     enc.encode_page(lock + 1, &vec![0; 65536]).unwrap();
 
     let mut bad = header(512, 1, 1, 1);
     bad.pre_apply_checksum = Checksum::FLAG;
-    assert!(matches!(Encoder::new(Vec::new(), &bad), Err(Error::InvalidHeader(_))));
+    assert!(matches!(
+        Encoder::new(Vec::new(), &bad),
+        Err(Error::InvalidHeader(_))
+    ));
 }
 
 #[test]
@@ -236,7 +287,10 @@ fn huge_page_size_or_compressed_size_errors_without_allocating() {
     let good = encode(&header(512, 1, 2, 2), &[(1, vec![9; 512])], Checksum::ZERO);
     let mut b = good.clone();
     b[8..12].copy_from_slice(&(1u32 << 31).to_be_bytes());
-    assert!(matches!(decode_all(&b), Err(Error::InvalidPageSize(0x8000_0000))));
+    assert!(matches!(
+        decode_all(&b),
+        Err(Error::InvalidPageSize(0x8000_0000))
+    ));
     let mut b = good.clone();
     b[HEADER_SIZE + 6..HEADER_SIZE + 10].copy_from_slice(&u32::MAX.to_be_bytes());
     assert!(matches!(decode_all(&b), Err(Error::Corrupt(m)) if m.contains("compressed size")));
@@ -285,7 +339,11 @@ struct Wal {
 impl Wal {
     fn new(salt1: u32) -> Wal {
         let header = WalHeader::new(false, 512, 1, salt1, 0xabcd);
-        Wal { header, bytes: header.encode().to_vec(), seed: (header.checksum1, header.checksum2) }
+        Wal {
+            header,
+            bytes: header.encode().to_vec(),
+            seed: (header.checksum1, header.checksum2),
+        }
     }
 
     fn frame(&mut self, pgno: u32, commit: u32) -> &mut Self {
@@ -299,7 +357,12 @@ impl Wal {
 }
 
 fn fixture_wals() -> [(&'static str, Vec<u8>); 3] {
-    let valid = Wal::new(0x5a17).frame(1, 0).frame(2, 0).frame(3, 3).bytes.clone();
+    let valid = Wal::new(0x5a17)
+        .frame(1, 0)
+        .frame(2, 0)
+        .frame(3, 3)
+        .bytes
+        .clone();
     let mut salt = Wal::new(0x5a17);
     salt.frame(1, 0).frame(2, 2);
     // A frame from another WAL generation: other salt, self-consistent checksum.
@@ -308,9 +371,18 @@ fn fixture_wals() -> [(&'static str, Vec<u8>); 3] {
     let fh = FrameHeader::compute(&other, salt.seed, 3, 3, &page);
     salt.bytes.extend_from_slice(&fh.encode());
     salt.bytes.extend_from_slice(&page);
-    let mut cks = Wal::new(0x5a17).frame(1, 1).frame(2, 0).frame(3, 3).bytes.clone();
+    let mut cks = Wal::new(0x5a17)
+        .frame(1, 1)
+        .frame(2, 0)
+        .frame(3, 3)
+        .bytes
+        .clone();
     cks[WAL_HEADER_SIZE + (FRAME_HEADER_SIZE + 512) + FRAME_HEADER_SIZE + 100] ^= 0x01;
-    [("wal/valid.wal", valid), ("wal/salt_mismatch.wal", salt.bytes), ("wal/checksum_mismatch.wal", cks)]
+    [
+        ("wal/valid.wal", valid),
+        ("wal/salt_mismatch.wal", salt.bytes),
+        ("wal/checksum_mismatch.wal", cks),
+    ]
 }
 
 #[test]
@@ -334,9 +406,16 @@ fn regenerate_fixtures() {
 #[test]
 fn committed_fixtures_are_current() {
     for (rel, bytes) in fixture_wals() {
-        assert_eq!(testdata(rel), bytes, "{rel} is stale; run regenerate_fixtures");
+        assert_eq!(
+            testdata(rel),
+            bytes,
+            "{rel} is stale; run regenerate_fixtures"
+        );
     }
-    assert_eq!(testdata("ltx/truncated.ltx"), fixture_ltx()[..HEADER_SIZE + 300]);
+    assert_eq!(
+        testdata("ltx/truncated.ltx"),
+        fixture_ltx()[..HEADER_SIZE + 300]
+    );
 }
 
 #[test]
@@ -359,7 +438,13 @@ fn bitflip_ltx_fails_file_checksum() {
     let mut buf = Vec::new();
     assert_eq!(dec.next_page(&mut buf).unwrap(), Some(2));
     assert_ne!(buf, noise(2, 512)); // decodes, but to the wrong bytes
-    assert!(matches!(dec.finish(), Err(Error::ChecksumMismatch { what: "file checksum", .. })));
+    assert!(matches!(
+        dec.finish(),
+        Err(Error::ChecksumMismatch {
+            what: "file checksum",
+            ..
+        })
+    ));
 }
 
 fn read_wal(bytes: &[u8]) -> Vec<(u32, u32)> {
@@ -376,8 +461,14 @@ fn read_wal(bytes: &[u8]) -> Vec<(u32, u32)> {
 
 #[test]
 fn wal_fixtures() {
-    assert_eq!(read_wal(&testdata("wal/valid.wal")), [(1, 0), (2, 0), (3, 3)]);
-    assert_eq!(read_wal(&testdata("wal/salt_mismatch.wal")), [(1, 0), (2, 2)]);
+    assert_eq!(
+        read_wal(&testdata("wal/valid.wal")),
+        [(1, 0), (2, 0), (3, 3)]
+    );
+    assert_eq!(
+        read_wal(&testdata("wal/salt_mismatch.wal")),
+        [(1, 0), (2, 2)]
+    );
     assert_eq!(read_wal(&testdata("wal/checksum_mismatch.wal")), [(1, 1)]);
     let h = WalHeader::decode(&testdata("wal/valid.wal")).unwrap();
     assert_eq!((h.page_size, h.salt1, h.checkpoint_seq), (512, 0x5a17, 1));
