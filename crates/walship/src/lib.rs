@@ -1,0 +1,29 @@
+//! walship: streams a live SQLite database's changes off the machine as LTX files.
+//!
+//! Map of the crate (dependencies point down the list):
+//! - [`replicate`]: the `replicate` job: capture thread + one uploader per replica.
+//! - [`restore`]: rebuild a database from a replica (latest, TXID, timestamp).
+//! - [`capture`]: turns commits into local LTX files; owns every checkpoint.
+//!   - [`wal_tail`]: reads committed frames from the `-wal` file.
+//!   - [`sqlite`]: walship's own connections, `sqlite_dbpage`, shm lock probes.
+//!   - [`pagesums`]: per-page checksums of the captured state.
+//! - [`local`]: the hidden state folder beside the database.
+//! - [`store`]: replica storage (folder backend), in Litestream 0.5's layout.
+//! - [`config`]: YAML configuration (Litestream's keys accepted).
+//! - [`durable`]: temp → fsync → rename → fsync folder.
+//! - [`error`]: the library's typed errors.
+#![deny(missing_docs, unsafe_code)]
+
+pub mod capture;
+pub mod config;
+pub mod durable;
+pub mod error;
+pub mod local;
+pub mod pagesums;
+pub mod replicate;
+pub mod restore;
+pub mod sqlite;
+pub mod store;
+pub mod wal_tail;
+
+pub use error::{Error, Result};

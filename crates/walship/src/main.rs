@@ -1,0 +1,222 @@
+//! The `walship` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use walship::capture::CaptureOptions;
+use walship::replicate::{self, DbSpec};
+use walship::restore::{self, Check, Target};
+use walship::store;
+
+/// Streams a live SQLite database's changes to replicas; restores it from them.
+#[derive(Parser)]
+#[command(name = "walship", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture every commit of DB and copy it to each REPLICA (a folder or file:// URL).
+    /// SIGINT/SIGTERM capture and upload what is left, then exit 0.
+    Replicate {
+        /// The SQLite database (WAL mode; switched to it if needed).
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        db: Option<PathBuf>,
+        /// Where to copy it: folder paths or file:// URLs.
+        #[arg(requires = "db")]
+        replicas: Vec<String>,
+        /// A YAML config listing databases and replicas (Litestream's keys work).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Rebuild a database from REPLICA.
+    Restore {
+        /// The replica: a folder or file:// URL.
+        replica: String,
+        /// Where to write the database.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Restore the state right after this TXID (16 hex digits, or a decimal number).
+        #[arg(long, conflicts_with = "timestamp")]
+        txid: Option<String>,
+        /// Restore the newest state at or before this time (RFC 3339, e.g. 2026-11-26T10:00:00Z).
+        #[arg(long)]
+        timestamp: Option<String>,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+        /// SQLite check of the result before it is put in place.
+        #[arg(long, value_enum, default_value_t = CheckArg::Quick)]
+        check: CheckArg,
+    },
+    /// List the LTX files in REPLICA: level, TXID range, size, time.
+    Ltx {
+        /// The replica: a folder or file:// URL.
+        replica: String,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckArg {
+    /// PRAGMA quick_check.
+    Quick,
+    /// PRAGMA integrity_check.
+    Full,
+    /// No SQLite check (LTX checksums are still verified).
+    None,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WALSHIP_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Replicate { db, replicas, config } => replicate_cmd(db, replicas, config),
+        Command::Restore { replica, output, txid, timestamp, force, check } => {
+            let target = match (txid, timestamp) {
+                (Some(t), _) => Target::TxId(t.parse().map_err(|_| {
+                    anyhow::anyhow!("--txid {t:?} is not a TXID (16 hex digits like 00000000000000a7, or a decimal number)")
+                })?),
+                (None, Some(ts)) => Target::Time(
+                    chrono::DateTime::parse_from_rfc3339(&ts)
+                        .with_context(|| format!("--timestamp {ts:?} is not an RFC 3339 time like 2026-11-26T10:00:00Z"))?
+                        .to_utc(),
+                ),
+                (None, None) => Target::Latest,
+            };
+            let check = match check {
+                CheckArg::Quick => Check::Quick,
+                CheckArg::Full => Check::Full,
+                CheckArg::None => Check::None,
+            };
+            let store = store::open(&replica)?;
+            let started = std::time::Instant::now();
+            let report = restore::restore(store.as_ref(), target, &output, force, check)?;
+            eprintln!(
+                "restored {} at TXID {} ({} files, {} bytes, checksum {}) in {:.2?}",
+                output.display(),
+                report.txid,
+                report.files,
+                report.bytes,
+                if report.checksum_verified { "verified" } else { "not recorded by the writer" },
+                started.elapsed()
+            );
+            Ok(())
+        }
+        Command::Ltx { replica } => {
+            let store = store::open(&replica)?;
+            let files = store::list_all(store.as_ref())?;
+            println!("{:<5} {:<16} {:<16} {:>12}  {}", "level", "min_txid", "max_txid", "size", "created");
+            for f in files {
+                let mut r = store.open(f.key)?;
+                let mut buf = [0u8; ltx::HEADER_SIZE];
+                std::io::Read::read_exact(&mut r, &mut buf).with_context(|| format!("read {}", f.key))?;
+                let header = ltx::Header::decode(&buf).with_context(|| format!("{}", f.key))?;
+                let time = chrono::DateTime::from_timestamp_millis(header.timestamp_ms)
+                    .map_or_else(|| "?".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                println!("{:<5} {} {} {:>12}  {}", f.key.level, f.key.min, f.key.max, f.size, time);
+            }
+            Ok(())
+        }
+        Command::Version => {
+            println!("walship {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    }
+}
+
+fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let specs: Vec<DbSpec> = if let Some(path) = config {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read config {}", path.display()))?;
+        let config = walship::config::parse(&text)?;
+        config
+            .dbs
+            .into_iter()
+            .map(|db| {
+                let mut opts = CaptureOptions::default();
+                if let Some(n) = db.checkpoint_frames {
+                    opts.checkpoint_frames = n;
+                }
+                if let Some(n) = db.truncate_bytes {
+                    opts.truncate_bytes = n;
+                }
+                let replicas = db.replica_locations()?.iter().map(|r| store::open(r)).collect::<Result<_, _>>()?;
+                Ok(DbSpec { path: db.path, replicas, opts })
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        let db = db.expect("clap requires DB without --config");
+        if replicas.is_empty() {
+            bail!("give at least one REPLICA after the database (a folder path or file:// URL)");
+        }
+        let replicas = replicas.iter().map(|r| store::open(r)).collect::<Result<_, _>>()?;
+        vec![DbSpec { path: db, replicas, opts: CaptureOptions::default() }]
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("install signal handlers")?;
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                tracing::info!("stopping: capturing and uploading what is left");
+                stop.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let handles: Vec<_> = specs
+        .into_iter()
+        .map(|spec| {
+            let stop = stop.clone();
+            let name = spec.path.display().to_string();
+            (name, std::thread::spawn(move || {
+                let r = replicate::run(spec, stop.clone());
+                // One database failing stops the others too: the operator must look.
+                stop.store(true, Ordering::Relaxed);
+                r
+            }))
+        })
+        .collect();
+    let mut first_error = None;
+    for (name, handle) in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                if first_error.is_none() {
+                    first_error = Some(anyhow::Error::new(e).context(name));
+                }
+            }
+            Err(_) => bail!("{name}: the replication thread crashed"),
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}

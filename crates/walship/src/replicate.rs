@@ -1,0 +1,291 @@
+//! `walship replicate`: one capture thread per database, woken by inotify (with a
+//! 100 ms tick as fallback), and one uploader thread per replica, so a slow or failing
+//! replica never holds up capture or the other replicas. Local files are removed once
+//! every replica has them; a replica that lacks history is seeded with a snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ltx::{Checksum, TxId};
+use notify::Watcher;
+
+use crate::capture::{Capture, CaptureOptions, sibling};
+use crate::error::{Error, Result};
+use crate::local::{LocalDir, Pos};
+use crate::store::{FileKey, Store, list_all};
+
+/// The fallback wake-up interval when no file event arrives.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a stopping replicator waits for uploads to finish.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// One database and where it goes.
+#[derive(Debug)]
+pub struct DbSpec {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its replicas.
+    pub replicas: Vec<Box<dyn Store>>,
+    /// Capture tuning.
+    pub opts: CaptureOptions,
+}
+
+/// Replicates `db` until `stop` is set, then captures a last time, uploads what is
+/// left and returns.
+pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
+    let path = db.path.canonicalize().map_err(|e| Error::BadDatabase(format!("database {}: {e}", db.path.display())))?;
+    if crate::sqlite::ensure_wal(&path)? {
+        tracing::warn!(db = %path.display(), "switched the database to WAL mode (walship needs it)");
+    }
+    let local = LocalDir::open(&path)?;
+    let resume = resume_pos(&local, &db.replicas)?;
+    let mut capture = Capture::open(&path, local, resume, db.opts)?;
+    tracing::info!(db = %path.display(), txid = %capture.pos().txid, replicas = db.replicas.len(), "replicating");
+
+    let shared = Arc::new(Shared::new(db.replicas.len()));
+    let root = LocalDir::path_for(&path);
+    let uploaders: Vec<_> = db
+        .replicas
+        .into_iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let shared = shared.clone();
+            let root = root.clone();
+            std::thread::spawn(move || upload_loop(i, store.as_ref(), &root, &shared))
+        })
+        .collect();
+
+    let (tx, rx) = mpsc::channel();
+    let _watcher = watch(&path, tx)?;
+    let result = capture_loop(&mut capture, &shared, &rx, &stop);
+    let closed = capture.close();
+    shared.update(|s| s.stopping = true);
+    let deadline = Instant::now() + DRAIN;
+    for handle in uploaders {
+        while !handle.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !handle.is_finished() {
+            return Err(Error::Invalid(format!(
+                "{}: a replica did not take the last files within {}s; they stay in the local state folder and will be uploaded at the next start",
+                path.display(),
+                DRAIN.as_secs()
+            )));
+        }
+    }
+    result?;
+    closed?;
+    Ok(())
+}
+
+fn capture_loop(capture: &mut Capture, shared: &Shared, rx: &Receiver<()>, stop: &AtomicBool) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        match rx.recv_timeout(TICK) {
+            Ok(()) => while rx.try_recv().is_ok() {},
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
+        }
+        match capture.tick() {
+            Ok(written) if !written.is_empty() => shared.notify(),
+            Ok(_) => {}
+            Err(Error::Interrupted) => continue,
+            Err(e) => return Err(e),
+        }
+        if shared.read(|s| s.need_snapshot.iter().any(|n| *n)) {
+            match capture.snapshot() {
+                Ok(key) => {
+                    tracing::info!(file = %key, "wrote a snapshot to seed a replica");
+                    shared.update(|s| s.need_snapshot.iter_mut().for_each(|n| *n = false));
+                }
+                Err(Error::Interrupted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        prune(capture.local(), shared)?;
+    }
+    Ok(())
+}
+
+/// Removes local files that every replica has (always keeping the newest one, which
+/// records the current position).
+fn prune(local: &LocalDir, shared: &Shared) -> Result<()> {
+    let Some(acked) = shared.read(|s| s.acked.iter().copied().min()) else { return Ok(()) };
+    let files = local.files()?;
+    for key in files.iter().take(files.len().saturating_sub(1)).filter(|k| k.max <= acked) {
+        local.remove(*key)?;
+    }
+    for key in local.snapshots()?.into_iter().filter(|k| k.max <= acked) {
+        local.remove(key)?;
+    }
+    Ok(())
+}
+
+/// Where to continue: the newest local file, or a replica's newest file when the
+/// local state is missing or behind (a new machine, a deleted state folder).
+fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>]) -> Result<Pos> {
+    let mut pos = local.last_pos()?.unwrap_or_default();
+    for store in replicas {
+        let newest = match list_all(store.as_ref()) {
+            Ok(files) => files.into_iter().max_by_key(|f| (f.key.max, f.key.level)),
+            Err(e) => {
+                tracing::warn!(replica = %store.describe(), error = %e, "cannot list the replica at start");
+                continue;
+            }
+        };
+        if let Some(f) = newest.filter(|f| f.key.max > pos.txid) {
+            pos = Pos { txid: f.key.max, checksum: replica_checksum(store.as_ref(), f.key)? };
+        }
+    }
+    Ok(pos)
+}
+
+/// The database checksum after a replica file (from its trailer).
+fn replica_checksum(store: &dyn Store, key: FileKey) -> Result<Checksum> {
+    let mut dec = ltx::Decoder::new(store.open(key)?).map_err(|e| Error::ltx(key.to_string(), e))?;
+    let mut buf = Vec::new();
+    while dec.next_page(&mut buf).map_err(|e| Error::ltx(key.to_string(), e))?.is_some() {}
+    Ok(dec.finish().map_err(|e| Error::ltx(key.to_string(), e))?.post_apply_checksum)
+}
+
+/// Uploads local files to one replica, in TXID order, retrying with backoff.
+fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
+    let mut backoff = Duration::from_millis(100);
+    let mut remote = loop {
+        match list_all(store) {
+            Ok(files) => break files.iter().map(|f| f.key.max).max().unwrap_or(TxId(0)),
+            Err(e) => {
+                tracing::warn!(replica = %store.describe(), error = %e, "cannot list the replica; retrying");
+                if shared.read(|s| s.stopping) {
+                    return;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    };
+    shared.update(|s| s.acked[i] = remote);
+    loop {
+        let seen = shared.read(|s| s.seq);
+        let next = pending(root, remote);
+        let Some((key, path)) = next else {
+            if shared.read(|s| s.stopping) {
+                return;
+            }
+            shared.wait(seen, TICK * 10);
+            continue;
+        };
+        let result = if key.min.0 == remote.0 + 1 || (remote.0 == 0 && key.min.0 == 1) {
+            store.put(key, &path).map(|()| key.max)
+        } else if let Some((snap, snap_path)) = snapshot_covering(root, key.min) {
+            store.put(snap, &snap_path).map(|()| snap.max)
+        } else {
+            tracing::info!(replica = %store.describe(), have = %remote, next = %key.min, "the replica lacks history; asking for a snapshot");
+            shared.update(|s| s.need_snapshot[i] = true);
+            shared.wait(seen + 1, TICK * 10);
+            continue;
+        };
+        match result {
+            Ok(max) => {
+                remote = max;
+                backoff = Duration::from_millis(100);
+                shared.update(|s| s.acked[i] = remote);
+            }
+            Err(Error::AlreadyExists(existing)) => {
+                // An earlier run uploaded it and stopped before recording that.
+                tracing::debug!(file = %existing.display(), "already in the replica");
+                remote = key.max;
+                shared.update(|s| s.acked[i] = remote);
+            }
+            Err(e) => {
+                tracing::warn!(replica = %store.describe(), file = %key, error = %e, "upload failed; retrying");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// The oldest local file past `remote`.
+fn pending(root: &Path, remote: TxId) -> Option<(FileKey, PathBuf)> {
+    let dir = root.join("ltx");
+    let mut keys: Vec<FileKey> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(|n| FileKey::parse(0, n)))
+        .filter(|k| k.max > remote)
+        .collect();
+    keys.sort();
+    keys.first().map(|k| (*k, dir.join(k.file_name())))
+}
+
+/// A local snapshot that lets a replica continue with the file starting at `next`.
+fn snapshot_covering(root: &Path, next: TxId) -> Option<(FileKey, PathBuf)> {
+    let dir = root.join("snapshots");
+    std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str().and_then(|n| FileKey::parse(crate::store::SNAPSHOT_LEVEL, n)))
+        .filter(|k| k.max.0 + 1 >= next.0)
+        .max()
+        .map(|k| (k, dir.join(k.file_name())))
+}
+
+fn watch(db: &Path, tx: Sender<()>) -> Result<notify::RecommendedWatcher> {
+    let wal = sibling(db, "-wal");
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| e.paths.iter().any(|p| p == &wal)) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|e| Error::io("start file watcher", std::io::Error::other(e)))?;
+    let dir = db.parent().unwrap_or(Path::new("."));
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|e| Error::io(format!("watch {}", dir.display()), std::io::Error::other(e)))?;
+    Ok(watcher)
+}
+
+/// State shared by a database's capture thread and its uploaders.
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+struct State {
+    acked: Vec<TxId>,
+    need_snapshot: Vec<bool>,
+    stopping: bool,
+    /// Bumped on every change, so a waiter can tell whether it missed one.
+    seq: u64,
+}
+
+impl Shared {
+    fn new(replicas: usize) -> Self {
+        Shared {
+            state: Mutex::new(State { acked: vec![TxId(0); replicas], need_snapshot: vec![false; replicas], stopping: false, seq: 0 }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut state);
+        state.seq += 1;
+        self.cv.notify_all();
+    }
+
+    fn notify(&self) {
+        self.update(|_| {});
+    }
+
+    /// Waits for a change after `seen` (returns at once if one already happened).
+    fn wait(&self, seen: u64, timeout: Duration) {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self.cv.wait_timeout_while(guard, timeout, |s| s.seq <= seen && !s.stopping);
+    }
+}

@@ -1,0 +1,161 @@
+//! SQLite plumbing for capture: walship's own connections, raw page reads through the
+//! `sqlite_dbpage` virtual table, and a probe of the `-shm` lock bytes that tells when
+//! another process runs a blocking checkpoint.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::error::{Error, Result};
+
+/// Opens one of walship's connections to the database: read-write (it never writes,
+/// but the write barrier needs a write lock), never checkpointing on its own, with a
+/// small page cache.
+pub fn open(path: &Path, busy: Duration) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(busy)?;
+    conn.execute_batch("PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-256;")?;
+    Ok(conn)
+}
+
+/// Checks that `path` is a SQLite database in WAL mode, switching it to WAL when it is
+/// in another journal mode (as Litestream does). Returns true when it switched.
+pub fn ensure_wal(path: &Path) -> Result<bool> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::BadDatabase(format!("database {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::BadDatabase(format!("database {} is not a file", path.display())));
+    }
+    let mut head = [0u8; 16];
+    let n = std::io::Read::read(&mut File::open(path).map_err(|e| Error::io(format!("open {}", path.display()), e))?, &mut head)
+        .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    if n < 16 || &head != b"SQLite format 3\0" {
+        return Err(Error::BadDatabase(format!(
+            "{} is not a SQLite database (an empty file is not one either: create it with sqlite3 first)",
+            path.display()
+        )));
+    }
+    let conn = open(path, Duration::from_secs(5))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(false);
+    }
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::BadDatabase(format!(
+            "{} is in journal mode {mode:?} and could not be switched to WAL; run `PRAGMA journal_mode=WAL` on it while no other process has it open",
+            path.display()
+        )));
+    }
+    Ok(true)
+}
+
+/// Starts a read transaction that holds a WAL read mark until [`end`] is called.
+pub fn begin_read(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN")?;
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Ends a transaction if one is open.
+pub fn end(conn: &Connection) -> Result<()> {
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK")?;
+    }
+    Ok(())
+}
+
+/// Takes SQLite's write lock (`BEGIN IMMEDIATE`): no other connection can commit until
+/// [`end`]. Returns false when the lock stayed busy for the connection's busy timeout.
+pub fn try_write_barrier(conn: &Connection) -> Result<bool> {
+    match conn.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => Ok(true),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The database's page size.
+pub fn page_size(conn: &Connection) -> Result<u32> {
+    Ok(conn.query_row("PRAGMA page_size", [], |r| r.get(0))?)
+}
+
+/// `PRAGMA data_version`: changes when another connection commits or rewrites the WAL.
+pub fn data_version(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+}
+
+/// Result of `PRAGMA wal_checkpoint`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointResult {
+    /// The checkpoint could not finish (readers or writers were in the way).
+    pub busy: bool,
+    /// Frames in the WAL.
+    pub log: i64,
+    /// Frames copied back to the database.
+    pub checkpointed: i64,
+}
+
+/// Runs `PRAGMA wal_checkpoint(mode)`; `mode` is PASSIVE or TRUNCATE.
+pub fn checkpoint(conn: &Connection, mode: &str) -> Result<CheckpointResult> {
+    Ok(conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok(CheckpointResult { busy: r.get::<_, i64>(0)? != 0, log: r.get(1)?, checkpointed: r.get(2)? })
+    })?)
+}
+
+/// Calls `f(pgno, page)` for every page of the database as the connection's current
+/// read transaction sees it, in ascending page order.
+pub fn for_each_page(conn: &Connection, mut f: impl FnMut(u32, &[u8]) -> Result<()>) -> Result<u32> {
+    let mut stmt = conn.prepare("SELECT pgno, data FROM sqlite_dbpage")?;
+    let mut rows = stmt.query([])?;
+    let mut count = 0;
+    while let Some(row) = rows.next()? {
+        let pgno: u32 = row.get(0)?;
+        let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        f(pgno, data)?;
+        count = pgno;
+    }
+    Ok(count)
+}
+
+/// The shm lock bytes SQLite's unix VFS uses (`WAL_WRITE_LOCK`, `WAL_CKPT_LOCK`).
+const SHM_WRITE_LOCK: i64 = 120;
+const SHM_CKPT_LOCK: i64 = 121;
+
+/// Whether another process holds both the WAL write lock and the checkpoint lock: the
+/// signature of a FULL/RESTART/TRUNCATE checkpoint, which waits for readers like ours.
+pub fn foreign_blocking_checkpoint(shm: &File) -> bool {
+    held_by_other_process(shm, SHM_CKPT_LOCK) && held_by_other_process(shm, SHM_WRITE_LOCK)
+}
+
+/// Whether another process holds the checkpoint lock.
+pub fn foreign_checkpoint(shm: &File) -> bool {
+    held_by_other_process(shm, SHM_CKPT_LOCK)
+}
+
+fn held_by_other_process(file: &File, offset: i64) -> bool {
+    // F_GETLK never reports this process's own locks, which is what we want here.
+    #[allow(unsafe_code)]
+    // SAFETY: fcntl(F_GETLK) only reads and writes the flock struct we pass.
+    unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_WRLCK as _;
+        lock.l_whence = libc::SEEK_SET as _;
+        lock.l_start = offset as _;
+        lock.l_len = 1;
+        libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) == 0 && lock.l_type != libc::F_UNLCK as _
+    }
+}

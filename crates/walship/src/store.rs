@@ -1,0 +1,140 @@
+//! Replica storage: a small trait keyed by LTX file identity, in Litestream 0.5's layout.
+//!
+//! - [`Store`]: the trait every backend implements.
+//! - [`FileKey`] / [`FileInfo`]: which file, and what a listing says about it.
+//! - [`folder`]: a local or NFS folder (`<dir>/ltx/<level>/<min>-<max>.ltx`).
+//! - [`open`]: turns a replica argument (path or `file://` URL) into a store.
+
+pub mod folder;
+
+use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
+
+use ltx::TxId;
+
+use crate::error::{Error, Result};
+
+/// The compaction level of full snapshots.
+pub const SNAPSHOT_LEVEL: u8 = 9;
+
+/// Identity of one LTX file in a replica: level and TXID range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FileKey {
+    /// Compaction level: 0 per capture, 1–3 compacted, 9 snapshots.
+    pub level: u8,
+    /// First TXID the file covers.
+    pub min: TxId,
+    /// Last TXID the file covers.
+    pub max: TxId,
+}
+
+impl FileKey {
+    /// The file name Litestream uses: `<min>-<max>.ltx`, 16 hex digits each.
+    pub fn file_name(&self) -> String {
+        format!("{}-{}.ltx", self.min, self.max)
+    }
+
+    /// Parses a file name of the form `<min>-<max>.ltx` at `level`.
+    pub fn parse(level: u8, name: &str) -> Option<FileKey> {
+        let stem = name.strip_suffix(".ltx")?;
+        let (min, max) = stem.split_once('-')?;
+        let hex = |s: &str| {
+            (s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u64::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        let (min, max) = (hex(min)?, hex(max)?);
+        (min <= max).then_some(FileKey { level, min: TxId(min), max: TxId(max) })
+    }
+}
+
+impl fmt::Display for FileKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ltx/{}/{}", self.level, self.file_name())
+    }
+}
+
+/// One listed file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    /// Which file.
+    pub key: FileKey,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Storage for one replica.
+///
+/// # Contract
+/// - `put` is atomic (a reader sees the whole file or nothing) and never overwrites:
+///   putting an existing key fails with [`Error::AlreadyExists`].
+/// - `list` returns the level's files sorted by `(min, max)`; a missing level is empty.
+/// - `open` of a missing key fails with [`Error::NotFound`].
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Lists the files at one level.
+    fn list(&self, level: u8) -> Result<Vec<FileInfo>>;
+    /// Stores a file from a local path.
+    fn put(&self, key: FileKey, local: &std::path::Path) -> Result<()>;
+    /// Opens a file for streaming reads.
+    fn open(&self, key: FileKey) -> Result<Box<dyn Read + Send>>;
+    /// Deletes a file (a missing file is not an error).
+    fn delete(&self, key: FileKey) -> Result<()>;
+    /// Where the replica is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// Lists every level (0..=9) of a store, sorted by level then TXID.
+pub fn list_all(store: &dyn Store) -> Result<Vec<FileInfo>> {
+    let mut all = Vec::new();
+    for level in 0..=SNAPSHOT_LEVEL {
+        all.extend(store.list(level)?);
+    }
+    Ok(all)
+}
+
+/// Opens the store a replica argument names: a folder path or a `file://` URL.
+pub fn open(arg: &str) -> Result<Box<dyn Store>> {
+    let path = if let Some(rest) = arg.strip_prefix("file://") {
+        if !rest.starts_with('/') {
+            return Err(Error::Invalid(format!(
+                "replica URL {arg:?}: a file URL needs an absolute path, like file:///var/backups/app"
+            )));
+        }
+        PathBuf::from(rest)
+    } else if let Some((scheme, _)) = arg.split_once("://") {
+        return Err(Error::Invalid(format!(
+            "replica URL {arg:?}: scheme {scheme:?} is not supported yet (use a folder path or file://)"
+        )));
+    } else if arg.is_empty() {
+        return Err(Error::Invalid("replica path is empty".into()));
+    } else {
+        PathBuf::from(arg)
+    };
+    Ok(Box::new(folder::FolderStore::new(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_round_trip_and_reject_junk() {
+        let key = FileKey { level: 3, min: TxId(1), max: TxId(0xa7) };
+        assert_eq!(key.file_name(), "0000000000000001-00000000000000a7.ltx");
+        assert_eq!(FileKey::parse(3, &key.file_name()), Some(key));
+        for bad in ["1-2.ltx", "0000000000000002-0000000000000001.ltx", "x.ltx",
+                    "000000000000000g-0000000000000001.ltx", "0000000000000001-0000000000000001.tmp"] {
+            assert_eq!(FileKey::parse(0, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn replica_arguments_are_checked() {
+        assert!(open("/tmp/x").is_ok());
+        assert!(open("file:///tmp/x").is_ok());
+        for bad in ["", "file://relative", "gopher://x/y"] {
+            assert!(matches!(open(bad), Err(Error::Invalid(_))), "{bad}");
+        }
+    }
+}
