@@ -339,7 +339,13 @@ impl Capture {
             (TxId(self.pos.txid.0 + 1), self.pos.checksum)
         };
         let key = FileKey { level: 0, min: first, max: first };
-        let header = self.header(first, first, count, pre);
+        let mut header = self.header(first, first, count, pre);
+        // Continuing a history whose checksum is unknown (a replica Litestream wrote):
+        // this full image cannot name the state before it, so it carries no checksums.
+        let unknown_pre = first.0 > 1 && pre == Checksum::ZERO;
+        if unknown_pre {
+            header.flags |= ltx::HEADER_FLAG_NO_CHECKSUM;
+        }
         let pin = &self.pin;
         match &self.sums {
             None => {
@@ -351,7 +357,7 @@ impl Capture {
                         }
                         Ok(())
                     })?;
-                    Ok(fresh.checksum())
+                    Ok(if unknown_pre { Checksum::ZERO } else { fresh.checksum() })
                 })?;
             }
             Some(old) => {

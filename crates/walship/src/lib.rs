@@ -8,6 +8,7 @@
 //!   - [`sqlite`]: walship's own connections, `sqlite_dbpage`, shm lock probes.
 //!   - [`pagesums`]: per-page checksums of the captured state.
 //! - [`local`]: the hidden state folder beside the database.
+//! - [`replica_form`]: files in Litestream's no-checksum form + walship's checksum records.
 //! - [`store`]: replica storage (folder backend), in Litestream 0.5's layout.
 //! - [`config`]: YAML configuration (Litestream's keys accepted).
 //! - [`durable`]: temp → fsync → rename → fsync folder.
@@ -20,6 +21,7 @@ pub mod durable;
 pub mod error;
 pub mod local;
 pub mod pagesums;
+pub mod replica_form;
 pub mod replicate;
 pub mod restore;
 pub mod sqlite;

@@ -15,6 +15,7 @@ use notify::Watcher;
 use crate::capture::{Capture, CaptureOptions, sibling};
 use crate::error::{Error, Result};
 use crate::local::{LocalDir, Pos};
+use crate::replica_form;
 use crate::store::{FileKey, Store, list_all};
 
 /// The fallback wake-up interval when no file event arrives.
@@ -142,12 +143,10 @@ fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>]) -> Result<Pos> {
     Ok(pos)
 }
 
-/// The database checksum after a replica file (from its trailer).
+/// The database checksum after a replica file, from walship's record of it (zero when
+/// unknown, e.g. for a replica written by Litestream).
 fn replica_checksum(store: &dyn Store, key: FileKey) -> Result<Checksum> {
-    let mut dec = ltx::Decoder::new(store.open(key)?).map_err(|e| Error::ltx(key.to_string(), e))?;
-    let mut buf = Vec::new();
-    while dec.next_page(&mut buf).map_err(|e| Error::ltx(key.to_string(), e))?.is_some() {}
-    Ok(dec.finish().map_err(|e| Error::ltx(key.to_string(), e))?.post_apply_checksum)
+    Ok(replica_form::get_checksums(store, key)?.map_or(Checksum::ZERO, |c| c.post))
 }
 
 /// Uploads local files to one replica, in TXID order, retrying with backoff.
@@ -178,9 +177,9 @@ fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
             continue;
         };
         let result = if key.min.0 == remote.0 + 1 || (remote.0 == 0 && key.min.0 == 1) {
-            store.put(key, &path).map(|()| key.max)
+            upload(store, root, i, key, &path).map(|()| key.max)
         } else if let Some((snap, snap_path)) = snapshot_covering(root, key.min) {
-            store.put(snap, &snap_path).map(|()| snap.max)
+            upload(store, root, i, snap, &snap_path).map(|()| snap.max)
         } else {
             tracing::info!(replica = %store.describe(), have = %remote, next = %key.min, "the replica lacks history; asking for a snapshot");
             shared.update(|s| s.need_snapshot[i] = true);
@@ -206,6 +205,17 @@ fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
             }
         }
     }
+}
+
+/// Uploads one local file in Litestream's form, its checksum record first (a record
+/// without its file is ignored by restore; a file without its record is still usable).
+fn upload(store: &dyn Store, root: &Path, replica: usize, key: FileKey, local: &Path) -> Result<()> {
+    let tmp = root.join(format!(".upload-{replica}-{}", key.file_name()));
+    let result = replica_form::to_litestream_form(local, &tmp)
+        .and_then(|sums| sums.map_or(Ok(()), |sums| replica_form::put_checksums(store, key, sums)))
+        .and_then(|()| store.put(key, &tmp));
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 /// The oldest local file past `remote`.

@@ -19,6 +19,7 @@ use crate::capture::sibling;
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::pagesums::PageSums;
+use crate::replica_form;
 use crate::store::{FileInfo, Store, list_all};
 
 /// Which state to restore.
@@ -190,11 +191,16 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
                 header.page_size
             )));
         }
-        let checked = header.has_checksums();
-        if i > 0 && checked && verified && header.pre_apply_checksum != sums.checksum() {
+        let recorded = if header.has_checksums() {
+            None
+        } else {
+            replica_form::get_checksums(store, info.key)?
+        };
+        let pre = recorded.map_or(header.pre_apply_checksum, |r| r.pre);
+        let checked = header.has_checksums() || recorded.is_some();
+        if i > 0 && checked && verified && pre != sums.checksum() {
             return Err(Error::Corrupt(format!(
-                "{name}: expects database checksum {} before it, but the files before it give {}",
-                header.pre_apply_checksum,
+                "{name}: expects database checksum {pre} before it, but the files before it give {}",
                 sums.checksum()
             )));
         }
@@ -213,12 +219,12 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
         sums.resize(header.commit);
         file.set_len(header.commit as u64 * page_size as u64)
             .map_err(|e| Error::io(format!("resize {}", tmp.display()), e))?;
+        let post = recorded.map_or(trailer.post_apply_checksum, |r| r.post);
         if checked && verified {
-            if trailer.post_apply_checksum != sums.checksum() {
+            if post != sums.checksum() {
                 return Err(Error::Corrupt(format!(
-                    "{name}: database checksum after applying it is {}, the file says {}",
-                    sums.checksum(),
-                    trailer.post_apply_checksum
+                    "{name}: database checksum after applying it is {}, but it should be {post}",
+                    sums.checksum()
                 )));
             }
         } else {

@@ -82,6 +82,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn delete(&self, key: FileKey) -> Result<()>;
     /// Where the replica is, for messages.
     fn describe(&self) -> String;
+    /// Stores a small walship-only object under `name` (a `/`-separated path below the
+    /// replica root, always under `walship/`), replacing any earlier one atomically.
+    fn put_meta(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Reads a walship-only object; `None` when it does not exist.
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
 }
 
 /// Lists every level (0..=9) of a store, sorted by level then TXID.

@@ -85,4 +85,21 @@ impl Store for FolderStore {
     fn describe(&self) -> String {
         self.root.display().to_string()
     }
+
+    fn put_meta(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        let path = self.root.join(name);
+        if let Some(dir) = path.parent() {
+            durable::create_dir_all(dir)?;
+        }
+        durable::write_bytes(&path, durable::Mode::Overwrite, bytes)
+    }
+
+    fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.root.join(name);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+        }
+    }
 }
