@@ -1,1 +1,9 @@
-//! Integration tests.
+//! Integration tests: real `walship` processes, real python3 `sqlite3` writers, and the
+//! real Litestream binary when installed.
+
+mod cli_errors;
+mod litestream;
+mod replicate;
+mod restore;
+mod support;
+mod workload;
