@@ -159,3 +159,85 @@ fn held_by_other_process(file: &File, offset: i64) -> bool {
         libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) == 0 && lock.l_type != libc::F_UNLCK as _
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let app = Connection::open(&path).unwrap();
+        app.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);").unwrap();
+        (dir, path, app)
+    }
+
+    /// The TRUNCATE race check in capture relies on this: our own TRUNCATE checkpoint
+    /// leaves `data_version` alone, another connection's commit moves it.
+    #[test]
+    fn data_version_sees_foreign_commits_across_our_truncate() {
+        let (_dir, path, app) = db();
+        let ours = open(&path, Duration::from_secs(1)).unwrap();
+        let before = data_version(&ours).unwrap();
+        let r = checkpoint(&ours, "TRUNCATE").unwrap();
+        assert!(!r.busy);
+        assert_eq!(data_version(&ours).unwrap(), before, "own checkpoint must not count");
+
+        app.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        let before = data_version(&ours).unwrap();
+        app.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        let r = checkpoint(&ours, "TRUNCATE").unwrap();
+        assert!(!r.busy);
+        assert_ne!(data_version(&ours).unwrap(), before, "a foreign commit must count");
+    }
+
+    #[test]
+    fn write_barrier_blocks_other_writers() {
+        let (_dir, path, app) = db();
+        let ours = open(&path, Duration::from_secs(1)).unwrap();
+        assert!(try_write_barrier(&ours).unwrap());
+        app.busy_timeout(Duration::from_millis(10)).unwrap();
+        assert!(app.execute("INSERT INTO t VALUES (9)", []).is_err());
+        end(&ours).unwrap();
+        app.execute("INSERT INTO t VALUES (9)", []).unwrap();
+    }
+
+    #[test]
+    fn pages_come_in_order_and_whole() {
+        let (_dir, path, app) = db();
+        app.execute("INSERT INTO t SELECT zeroblob(5000) FROM generate_series(1, 20)", []).ok();
+        let ours = open(&path, Duration::from_secs(1)).unwrap();
+        begin_read(&ours).unwrap();
+        let mut last = 0;
+        let n = for_each_page(&ours, |pgno, data| {
+            assert_eq!(pgno, last + 1);
+            assert_eq!(data.len(), 4096);
+            last = pgno;
+            Ok(())
+        })
+        .unwrap();
+        let count: u32 = ours.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, count);
+    }
+
+    #[test]
+    fn non_sqlite_and_empty_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, b"hello, this is not a database at all").unwrap();
+        assert!(matches!(ensure_wal(&junk), Err(Error::BadDatabase(m)) if m.contains("not a SQLite database")));
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(matches!(ensure_wal(&empty), Err(Error::BadDatabase(_))));
+        assert!(matches!(ensure_wal(&dir.path().join("missing.db")), Err(Error::BadDatabase(_))));
+    }
+
+    #[test]
+    fn rollback_journal_databases_are_switched_to_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE t(x)").unwrap();
+        assert!(ensure_wal(&path).unwrap());
+        assert!(!ensure_wal(&path).unwrap());
+    }
+}
