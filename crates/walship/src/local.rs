@@ -1,6 +1,8 @@
 //! The local state folder, a hidden sibling of the database (`.app.db-walship/`):
-//! captured LTX files waiting for upload (`ltx/`), the page checksums saved at a clean
-//! stop (`pagesums`) and the lock that keeps two replicators off one database (`lock`).
+//! captured LTX files waiting for upload, laid out like a folder replica (`ltx/0/`,
+//! snapshots in `ltx/9/`, so `walship restore` can read it), the page checksums saved
+//! at a clean stop (`pagesums`) and the lock that keeps two replicators off one
+//! database (`lock`).
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, SeekFrom};
@@ -38,8 +40,8 @@ impl LocalDir {
     /// Opens (creating) the state folder and takes its lock.
     pub fn open(db: &Path) -> Result<LocalDir> {
         let root = Self::path_for(db);
-        durable::create_dir_all(&root.join("ltx"))?;
-        durable::create_dir_all(&root.join("snapshots"))?;
+        durable::create_dir_all(&root.join("ltx").join("0"))?;
+        durable::create_dir_all(&root.join("ltx").join(SNAPSHOT_LEVEL.to_string()))?;
         let lock_path = root.join("lock");
         let lock = File::options()
             .create(true)
@@ -62,33 +64,24 @@ impl LocalDir {
         self.root.join("pagesums")
     }
 
+    /// The folder itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Local path of a captured file.
     pub fn file_path(&self, key: FileKey) -> PathBuf {
-        let dir = if key.level == SNAPSHOT_LEVEL { "snapshots" } else { "ltx" };
-        self.root.join(dir).join(key.file_name())
+        file_path(&self.root, key)
     }
 
     /// Captured files waiting in the folder, oldest first (level 0 only).
     pub fn files(&self) -> Result<Vec<FileKey>> {
-        self.list("ltx", 0)
+        list(&self.root, 0)
     }
 
     /// Snapshots waiting in the folder, oldest first.
     pub fn snapshots(&self) -> Result<Vec<FileKey>> {
-        self.list("snapshots", SNAPSHOT_LEVEL)
-    }
-
-    fn list(&self, sub: &str, level: u8) -> Result<Vec<FileKey>> {
-        let dir = self.root.join(sub);
-        let mut keys = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))? {
-            let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
-            if let Some(key) = entry.file_name().to_str().and_then(|n| FileKey::parse(level, n)) {
-                keys.push(key);
-            }
-        }
-        keys.sort();
-        Ok(keys)
+        list(&self.root, SNAPSHOT_LEVEL)
     }
 
     /// The position after the newest captured file (read from its header and trailer).
@@ -124,6 +117,25 @@ impl LocalDir {
     pub fn remove(&self, key: FileKey) -> Result<()> {
         durable::remove_file(&self.file_path(key))
     }
+}
+
+/// Path of a captured file in the state folder at `root`.
+pub fn file_path(root: &Path, key: FileKey) -> PathBuf {
+    root.join("ltx").join(key.level.to_string()).join(key.file_name())
+}
+
+/// Files at `level` in the state folder at `root`, oldest first.
+pub fn list(root: &Path, level: u8) -> Result<Vec<FileKey>> {
+    let dir = root.join("ltx").join(level.to_string());
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(&dir).map_err(|e| Error::io(format!("list {}", dir.display()), e))? {
+        let entry = entry.map_err(|e| Error::io(format!("list {}", dir.display()), e))?;
+        if let Some(key) = entry.file_name().to_str().and_then(|n| FileKey::parse(level, n)) {
+            keys.push(key);
+        }
+    }
+    keys.sort();
+    Ok(keys)
 }
 
 /// Reads an LTX file's header and trailer without decoding its pages.

@@ -14,9 +14,9 @@ use notify::Watcher;
 
 use crate::capture::{Capture, CaptureOptions, sibling};
 use crate::error::{Error, Result};
-use crate::local::{LocalDir, Pos};
+use crate::local::{self, LocalDir, Pos};
 use crate::replica_form;
-use crate::store::{FileKey, Store, list_all};
+use crate::store::{FileKey, SNAPSHOT_LEVEL, Store, list_all};
 
 /// The fallback wake-up interval when no file event arrives.
 const TICK: Duration = Duration::from_millis(100);
@@ -220,25 +220,14 @@ fn upload(store: &dyn Store, root: &Path, replica: usize, key: FileKey, local: &
 
 /// The oldest local file past `remote`.
 fn pending(root: &Path, remote: TxId) -> Option<(FileKey, PathBuf)> {
-    let dir = root.join("ltx");
-    let mut keys: Vec<FileKey> = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str().and_then(|n| FileKey::parse(0, n)))
-        .filter(|k| k.max > remote)
-        .collect();
-    keys.sort();
-    keys.first().map(|k| (*k, dir.join(k.file_name())))
+    let key = local::list(root, 0).ok()?.into_iter().find(|k| k.max > remote)?;
+    Some((key, local::file_path(root, key)))
 }
 
 /// A local snapshot that lets a replica continue with the file starting at `next`.
 fn snapshot_covering(root: &Path, next: TxId) -> Option<(FileKey, PathBuf)> {
-    let dir = root.join("snapshots");
-    std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str().and_then(|n| FileKey::parse(crate::store::SNAPSHOT_LEVEL, n)))
-        .filter(|k| k.max.0 + 1 >= next.0)
-        .max()
-        .map(|k| (k, dir.join(k.file_name())))
+    let key = local::list(root, SNAPSHOT_LEVEL).ok()?.into_iter().filter(|k| k.max.0 + 1 >= next.0).max()?;
+    Some((key, local::file_path(root, key)))
 }
 
 fn watch(db: &Path, tx: Sender<()>) -> Result<notify::RecommendedWatcher> {
