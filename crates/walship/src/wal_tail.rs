@@ -42,6 +42,8 @@ pub struct Batch {
     pub end: Option<Cursor>,
     /// Where this read started.
     pub start: Option<Cursor>,
+    /// False when the read stopped at the size limit with more frames left.
+    pub complete: bool,
 }
 
 /// What the WAL file holds right now.
@@ -101,7 +103,7 @@ pub fn read(wal: &Path, cursor: Option<Cursor>, max_bytes: usize) -> Result<Tail
         .map_err(|e| Error::io(format!("seek {}", wal.display()), e))?;
     let reader = BufReader::with_capacity(1 << 20, f);
     let mut frames = FrameReader::new(reader, &header, start.checksum);
-    let mut batch = Batch { start: Some(start), ..Batch::default() };
+    let mut batch = Batch { start: Some(start), complete: true, ..Batch::default() };
     let mut pending: Vec<(u32, Vec<u8>)> = Vec::new();
     let mut held = 0usize;
     loop {
@@ -120,6 +122,7 @@ pub fn read(wal: &Path, cursor: Option<Cursor>, max_bytes: usize) -> Result<Tail
                 checksum: frames.checksum(),
             });
             if held >= max_bytes {
+                batch.complete = false;
                 break;
             }
         }

@@ -248,10 +248,7 @@ impl Capture {
                     self.cursor = None;
                 }
                 Tail::Frames(header, batch) => {
-                    let cut = batch.end.is_some() && self.cursor.is_some() && {
-                        let held: usize = batch.pages.values().map(Vec::len).sum();
-                        held >= self.opts.max_batch_bytes
-                    };
+                    let cut = !batch.complete;
                     if batch.end.is_none() && self.cursor.is_none() {
                         self.cursor = batch.start;
                     }
