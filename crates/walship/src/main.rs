@@ -136,7 +136,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Ltx { replica } => {
             let store = store::open(&replica)?;
             let files = store::list_all(store.as_ref())?;
-            println!("{:<5} {:<16} {:<16} {:>12}  {}", "level", "min_txid", "max_txid", "size", "created");
+            println!("{:<5} {:<16} {:<16} {:>12}  created", "level", "min_txid", "max_txid", "size");
             for f in files {
                 let mut r = store.open(f.key)?;
                 let mut buf = [0u8; ltx::HEADER_SIZE];
