@@ -3,12 +3,16 @@
 
 use std::fmt;
 
-use crc::{CRC_64_GO_ISO, Crc, Digest};
+use crc::{CRC_64_GO_ISO, Crc, Digest, Table};
 
-static CRC64: Crc<u64> = Crc::<u64>::new(&CRC_64_GO_ISO);
+/// Slice-by-16 tables: several times faster than the byte-wise default on big pages.
+static CRC64: Crc<u64, Table<16>> = Crc::<u64, Table<16>>::new(&CRC_64_GO_ISO);
+
+/// A running CRC-64 as LTX uses it.
+pub(crate) type Crc64Digest = Digest<'static, u64, Table<16>>;
 
 /// A new CRC-64/ISO digest (the file checksum hasher).
-pub(crate) fn digest() -> Digest<'static, u64> {
+pub(crate) fn digest() -> Crc64Digest {
     CRC64.digest()
 }
 

@@ -26,7 +26,7 @@ enum State {
 pub struct Decoder<R: Read> {
     r: R,
     header: Header,
-    hash: crc::Digest<'static, u64>,
+    hash: crate::checksum::Crc64Digest,
     /// Bytes consumed so far.
     n: u64,
     prev_pgno: u32,

@@ -23,7 +23,7 @@ enum State {
 pub struct Encoder<W: Write> {
     w: W,
     header: Header,
-    hash: crc::Digest<'static, u64>,
+    hash: crate::checksum::Crc64Digest,
     /// Bytes written so far.
     n: u64,
     prev_pgno: u32,
