@@ -179,6 +179,7 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
     let mut buf = Vec::new();
     let mut last_log = Instant::now();
     let mut pages_done = 0u64;
+    let mut out = RunWriter::default();
     for (i, info) in chain.iter().enumerate() {
         let name = info.key.to_string();
         let mut dec = Decoder::new(store.open(info.key)?).map_err(|e| Error::ltx(name.clone(), e))?;
@@ -205,8 +206,7 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
             )));
         }
         while let Some(pgno) = dec.next_page(&mut buf).map_err(|e| Error::ltx(name.clone(), e))? {
-            let offset = (pgno as u64 - 1) * page_size as u64;
-            file.write_all_at(&buf, offset)
+            out.write(&file, (pgno as u64 - 1) * page_size as u64, &buf)
                 .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
             sums.set(pgno, Checksum::page(pgno, &buf));
             pages_done += 1;
@@ -216,6 +216,7 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
             }
         }
         let trailer = dec.finish().map_err(|e| Error::ltx(name.clone(), e))?;
+        out.flush(&file).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
         sums.resize(header.commit);
         file.set_len(header.commit as u64 * page_size as u64)
             .map_err(|e| Error::io(format!("resize {}", tmp.display()), e))?;
@@ -239,6 +240,37 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
         bytes: sums.page_count() as u64 * page_size as u64,
         checksum_verified: verified,
     })
+}
+
+/// Gathers pages that follow each other on disk into one write (a snapshot is one long
+/// run), so restoring costs about as many system calls as copying the file.
+#[derive(Default)]
+struct RunWriter {
+    buf: Vec<u8>,
+    start: u64,
+}
+
+impl RunWriter {
+    const MAX: usize = 4 << 20;
+
+    fn write(&mut self, file: &File, offset: u64, page: &[u8]) -> std::io::Result<()> {
+        if !self.buf.is_empty() && (offset != self.start + self.buf.len() as u64 || self.buf.len() >= Self::MAX) {
+            self.flush(file)?;
+        }
+        if self.buf.is_empty() {
+            self.start = offset;
+        }
+        self.buf.extend_from_slice(page);
+        Ok(())
+    }
+
+    fn flush(&mut self, file: &File) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            file.write_all_at(&self.buf, self.start)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 fn sqlite_check(path: &Path, check: Check) -> Result<()> {
