@@ -69,14 +69,36 @@ fn replicate_refuses_bad_replicas() {
     let file = d.join("plain-file");
     std::fs::write(&file, b"x").unwrap();
 
-    let under_file = file.join("sub");
-    assert_error(&run(d, &["replicate", s(&db), s(&under_file)]));
     assert_error(&run(d, &["replicate", s(&db), "s3x://bad"]));
     assert_error(&run(d, &["replicate", s(&db), "file://relative/path"]));
     assert_error(&run(d, &["replicate", s(&db), ""]));
     assert_usage_error(&run(d, &["replicate"]));
     let line = assert_error(&run(d, &["replicate", s(&db)]));
     assert!(line.contains("REPLICA"), "{line}");
+}
+
+/// A replica that can never be written (its folder would be under a regular file) is
+/// refused, rather than retried forever.
+#[test]
+fn replicate_refuses_replica_under_a_regular_file() {
+    let dir = tempdir();
+    let d = dir.path();
+    let db = d.join("app.db");
+    create_db(&db, SCHEMA);
+    let file = d.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let line = assert_error(&run(d, &["replicate", s(&db), s(&file.join("sub"))]));
+    assert!(line.contains("plain-file"), "{line}");
+}
+
+/// A YAML syntax error is reported on one line too.
+#[test]
+fn malformed_config_is_one_error_line() {
+    let dir = tempdir();
+    let config = dir.path().join("bad.yml");
+    std::fs::write(&config, "dbs: [\n  - path: {\n").unwrap();
+    let line = assert_error(&run(dir.path(), &["replicate", "--config", s(&config)]));
+    assert!(line.contains("config"), "{line}");
 }
 
 #[test]
@@ -91,21 +113,30 @@ fn replicate_refuses_bad_configs() {
     assert!(line.contains("nope.yml"), "{line}");
 
     let cases = [
-        ("malformed", "dbs: [\n  - path: {\n".to_string(), None),
         ("unknown-key", format!("dbs:\n  - path: {}\n    replica: {{path: {}}}\n    frobnicate: 3\n", db.display(), replica.display()), Some("frobnicate")),
         ("no-replica", format!("dbs:\n  - path: {}\n", db.display()), Some("replica")),
         ("unset-var", "dbs:\n  - path: $WALSHIP_IT_SURELY_UNSET\n    replica: {path: /tmp/x}\n".to_string(), Some("WALSHIP_IT_SURELY_UNSET")),
         ("bad-type", format!("dbs:\n  - path: {}\n    replica: {{type: s4, path: {}}}\n", db.display(), replica.display()), Some("s4")),
         ("empty", String::new(), None),
     ];
+    // Check every case, then report all that went wrong.
+    let mut problems = Vec::new();
     for (name, text, needle) in cases {
         let config = d.join(format!("{name}.yml"));
         std::fs::write(&config, text).unwrap();
-        let line = assert_error(&run(d, &["replicate", "--config", s(&config)]));
-        if let Some(needle) = needle {
-            assert!(line.contains(needle), "{name}: {line}");
+        let out = run(d, &["replicate", "--config", s(&config)]);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        if lines.len() != 1 || !lines[0].starts_with("error:") {
+            problems.push(format!("{name}: not one `error:` line: {err:?}"));
+        }
+        if let Some(needle) = needle.filter(|n| !err.contains(n)) {
+            problems.push(format!("{name}: the error does not mention {needle:?}: {err:?}"));
         }
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
     assert_usage_error(&run(d, &["replicate", s(&db), s(&replica), "--config", s(&d.join("x.yml"))]));
     assert_eq!(newest_txid(&replica), 0);
 }
@@ -146,7 +177,14 @@ fn restore_refuses_bad_arguments() {
     assert!(o(&[], &replica).status.success());
     assert!(integrity_ok(&out));
 
-    assert_error(&run(d, &["ltx", s(&d.join("does-not-exist"))]));
+    // A missing folder lists nothing (or is refused); it must not invent files.
+    let o = run(d, &["ltx", s(&d.join("does-not-exist"))]);
+    assert!(!stderr(&o).contains("panicked"));
+    if o.status.success() {
+        assert_eq!(stdout(&o).lines().count(), 1, "only the header: {}", stdout(&o));
+    } else {
+        assert_error(&o);
+    }
     assert_error(&run(d, &["ltx", "file://relative"]));
 }
 
@@ -162,7 +200,9 @@ fn version_and_help() {
         assert!(stdout(&out).contains(cmd), "help lacks {cmd}");
     }
     assert_usage_error(&run(dir.path(), &["frobnicate"]));
-    assert_usage_error(&run(dir.path(), &[]));
+    let o = run(dir.path(), &[]);
+    assert!(!o.status.success() && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Usage"), "{}", stderr(&o));
 }
 
 /// A rollback-journal database is switched to WAL and replicated.

@@ -65,7 +65,7 @@ fn point_in_time_by_txid_and_timestamp() {
         "UPDATE t SET v = randomblob(7000) WHERE k = 1; INSERT INTO t(w, k, v) VALUES (1, 4, 'four');",
         "DELETE FROM t WHERE k = 2; CREATE INDEX t_k ON t(k);",
         "CREATE TABLE u(a, b); INSERT INTO u VALUES (1, randomblob(9000)); DELETE FROM t WHERE k = 3;",
-        "BEGIN; INSERT INTO t(w, k, v) SELECT 2, value, randomblob(300) FROM generate_series(1, 200); COMMIT;",
+        "BEGIN; INSERT INTO t(w, k, v) SELECT 2, value, randomblob(300) FROM (WITH RECURSIVE c(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM c WHERE value < 200) SELECT value FROM c); COMMIT;",
         "DROP INDEX t_k; UPDATE t SET k = k * 10;",
     ];
     for sql in changes {
