@@ -1,0 +1,329 @@
+"""Building blocks of the benchmark: replicator processes, the app's writer, a replica
+watcher and /proc readings. Standard library only; everything stays on this machine.
+
+- `Tool`: how to start one replicator (walship, Litestream with default or 10 ms
+  intervals) on a database and a folder replica, and how to restore from it.
+- `Replicator`: one running replicator process; SIGINT to stop, SIGKILL if it hangs;
+  CPU (utime+stime) and peak RSS (VmHWM) read from /proc/PID of the process itself.
+- `App`: the application's connection (WAL, synchronous=NORMAL, busy_timeout 5000) and a
+  counter of the WAL frames it writes (read from the -shm wal-index header).
+- `Watcher`: a thread polling `<replica>/ltx/0` that records when the highest TXID grows.
+"""
+
+import os
+import re
+import signal
+import sqlite3
+import struct
+import subprocess
+import threading
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+BUSY_TIMEOUT_MS = 5000
+
+# Every child process we start, so that nothing outlives the benchmark.
+_children = set()
+
+
+def kill_all_children():
+    for p in list(_children):
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(timeout=5)
+            except Exception:
+                pass
+        _children.discard(p)
+
+
+def spawn(cmd, log_path, env=None):
+    log = open(log_path, "ab")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    log.close()
+    _children.add(p)
+    return p
+
+
+def run_timed(cmd, env=None):
+    """Runs cmd to completion; returns its wall time in seconds. Raises on failure."""
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    dt = time.monotonic() - t0
+    if r.returncode != 0:
+        raise RuntimeError("%s failed (exit %d): %s" % (" ".join(cmd), r.returncode, r.stderr.decode(errors="replace")[-2000:]))
+    return dt
+
+
+# ---------------------------------------------------------------------------- tools
+
+class Tool:
+    """A replicator configuration under test."""
+
+    def __init__(self, key, label, kind, binary, interval=None):
+        self.key, self.label, self.kind, self.binary, self.interval = key, label, kind, binary, interval
+
+    @property
+    def settle(self):
+        """How long the replica may lag by design (Litestream syncs once per interval)."""
+        if self.kind == "litestream":
+            return 1.0 if self.interval is None else 0.05
+        return 0.0
+
+    def env(self):
+        env = dict(os.environ)
+        if self.kind == "litestream":
+            env.pop("AWS_CA_BUNDLE", None)  # Litestream's S3 client refuses to start with it
+            env["AWS_EC2_METADATA_DISABLED"] = "true"
+        return env
+
+    def replicate_cmd(self, db, replica, workdir):
+        if self.kind == "walship":
+            return [self.binary, "replicate", db, replica]
+        cfg = os.path.join(workdir, "litestream-%s.yml" % self.key)
+        lines = ["dbs:", "  - path: %s" % db]
+        if self.interval:
+            lines.append("    monitor-interval: %s" % self.interval)
+        lines += ["    replica:", "      type: file", "      path: %s" % replica]
+        if self.interval:
+            lines.append("      sync-interval: %s" % self.interval)
+        with open(cfg, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return [self.binary, "replicate", "-config", cfg]
+
+    def restore_cmd(self, replica, out, check=None):
+        if self.kind == "walship":
+            cmd = [self.binary, "restore", "-o", out]
+            if check:
+                cmd += ["--check", check]
+            return cmd + [replica]
+        return [self.binary, "restore", "-o", out, "file://" + os.path.abspath(replica)]
+
+
+# ---------------------------------------------------------------------------- /proc
+
+def proc_cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_status_kib(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def ltx_max_txid(replica):
+    """Highest max-TXID among `<replica>/ltx/0/*.ltx` (complete files only), 0 if none."""
+    best = 0
+    try:
+        names = os.listdir(os.path.join(replica, "ltx", "0"))
+    except FileNotFoundError:
+        return 0
+    for n in names:
+        m = LTX_NAME.match(n)
+        if m:
+            v = int(m.group(2), 16)
+            if v > best:
+                best = v
+    return best
+
+
+def list_files(root):
+    out = set()
+    for d, _, files in os.walk(root):
+        for n in files:
+            out.add(os.path.join(d, n))
+    return out
+
+
+def dir_bytes(root):
+    total = 0
+    for d, _, files in os.walk(root):
+        for n in files:
+            try:
+                total += os.path.getsize(os.path.join(d, n))
+            except FileNotFoundError:
+                pass
+    return total
+
+
+# ---------------------------------------------------------------------------- replicator
+
+class Replicator:
+    def __init__(self, tool, db, replica, workdir):
+        self.tool, self.db, self.replica = tool, db, replica
+        self.log = os.path.join(workdir, "%s.log" % tool.key)
+        self.proc = spawn(tool.replicate_cmd(db, replica, workdir), self.log, env=tool.env())
+        self.pid = self.proc.pid
+
+    def wait_ready(self, timeout=60.0):
+        """Waits for the first complete file in ltx/0 (the initial snapshot)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited early (%s); see %s:\n%s" % (self.tool.label, self.proc.returncode, self.log, self.tail()))
+            if ltx_max_txid(self.replica) > 0:
+                return time.monotonic() - t0
+            time.sleep(0.005)
+        raise RuntimeError("%s wrote no file in %.0f s; see %s" % (self.tool.label, timeout, self.log))
+
+    def wait_quiet(self, quiet, timeout=60.0):
+        """Waits until the replica's highest TXID has not changed for `quiet` seconds.
+        Returns the time (monotonic) at which it last changed."""
+        last, last_t = ltx_max_txid(self.replica), time.monotonic()
+        t0 = last_t
+        while time.monotonic() - t0 < timeout:
+            time.sleep(0.002)
+            cur = ltx_max_txid(self.replica)
+            now = time.monotonic()
+            if cur != last:
+                last, last_t = cur, now
+            elif now - last_t >= quiet:
+                return last_t
+        return last_t
+
+    def cpu(self):
+        return proc_cpu_seconds(self.pid)
+
+    def hwm_kib(self):
+        return proc_status_kib(self.pid, "VmHWM")
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def tail(self, n=2000):
+        try:
+            with open(self.log, "rb") as f:
+                return f.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout=60.0):
+        """SIGINT (final capture and upload), then wait; SIGKILL if it hangs. Returns the exit code."""
+        p = self.proc
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                _children.discard(p)
+                raise RuntimeError("%s did not stop within %.0f s of SIGINT" % (self.tool.label, timeout))
+        _children.discard(p)
+        return p.returncode
+
+
+# ---------------------------------------------------------------------------- app side
+
+def create_db(path):
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, at REAL, marker TEXT, pad BLOB)")
+    c.close()
+
+
+class WalFrames:
+    """Counts WAL frames appended, from the wal-index header at the start of -shm:
+    mxFrame (u32 at 16) and the salts (8 bytes at 32); a new salt is a restarted WAL."""
+
+    def __init__(self, db):
+        self.fd = os.open(db + "-shm", os.O_RDONLY)
+        self.frames = 0
+        self.mx, self.salt, self.page_size = self._read()
+
+    def _read(self):
+        h = os.pread(self.fd, 48, 0)
+        mx, = struct.unpack_from("=I", h, 16)
+        sz, = struct.unpack_from("=H", h, 14)
+        return mx, h[32:40], (65536 if sz == 1 else sz)
+
+    def update(self):
+        mx, salt, _ = self._read()
+        if salt != self.salt or mx < self.mx:
+            self.frames += mx
+        else:
+            self.frames += mx - self.mx
+        self.mx, self.salt = mx, salt
+
+    @property
+    def bytes(self):
+        return self.frames * self.page_size
+
+    def close(self):
+        os.close(self.fd)
+
+
+class App:
+    """The application: one connection, WAL, synchronous=NORMAL, busy_timeout 5000."""
+
+    INSERT = "INSERT INTO t(at, marker, pad) VALUES (?, ?, ?)"
+
+    def __init__(self, db):
+        self.db = db
+        self.conn = sqlite3.connect(db, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        self.conn.execute("PRAGMA busy_timeout=%d" % BUSY_TIMEOUT_MS)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.seq = self.conn.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0]
+        self.pad = os.urandom(50).hex().encode()  # 100 bytes per row
+        self.commit()  # makes sure -shm exists and the wal-index header is set up
+        self.wal = WalFrames(db)
+
+    def commit(self):
+        """One INSERT of one row = one transaction (autocommit)."""
+        self.seq += 1
+        self.conn.execute(self.INSERT, (time.time(), "m%d" % self.seq, self.pad))
+
+    def checkpoint_truncate(self):
+        """The app's own PRAGMA wal_checkpoint(TRUNCATE): (seconds, busy flag, error or None)."""
+        t0 = time.monotonic()
+        try:
+            row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            err = None
+        except sqlite3.OperationalError as e:
+            row, err = (1, -1, -1), str(e)
+        return time.monotonic() - t0, bool(row[0]), err
+
+    def wal_size(self):
+        try:
+            return os.path.getsize(self.db + "-wal")
+        except FileNotFoundError:
+            return 0
+
+    def close(self):
+        self.wal.close()
+        self.conn.close()
+
+
+# ---------------------------------------------------------------------------- watcher
+
+class Watcher(threading.Thread):
+    """Polls `<replica>/ltx/0` every ~0.5 ms and records (time, max TXID) whenever the
+    highest complete file's TXID grows. Files appear by rename, so a visible name is a
+    complete file."""
+
+    def __init__(self, replica, interval=0.0005):
+        super().__init__(daemon=True)
+        self.replica, self.interval = replica, interval
+        self.events = []
+        self.max = ltx_max_txid(replica)
+        self._halt = threading.Event()
+
+    def run(self):
+        while not self._halt.is_set():
+            m = ltx_max_txid(self.replica)
+            if m > self.max:
+                self.events.append((time.monotonic(), m))
+                self.max = m
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._halt.set()
+        self.join()
