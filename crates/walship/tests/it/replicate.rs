@@ -209,3 +209,93 @@ fn config_file_with_env_and_two_replicas() {
     rep.assert_running();
     rep.stop();
 }
+
+/// SIGTERM right after a commit: the final capture still uploads it.
+#[test]
+fn sigterm_uploads_the_last_commits() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_db(&db, SCHEMA);
+    let mut rep = Replicator::start(&db, &[s(&replica)]);
+    assert!(wait_until(10 * SECS, || newest_txid(&replica) >= 1), "no first file; log:\n{}", rep.0.log_text());
+    exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(7000)); INSERT INTO t(w, k, v) VALUES (1, 2, 'last');");
+    rep.0.signal(libc::SIGTERM);
+    let status = rep.0.wait_timeout(30 * SECS).expect("replicate exits after SIGTERM");
+    assert!(status.success(), "exit {status}; log:\n{}", rep.0.log_text());
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore_hash(s(&replica), &out, &[], false), dump_hash(&db, false), "the last commits were not uploaded");
+}
+
+/// Writes made while walship is stopped (including a TRUNCATE checkpoint that moves
+/// them into the database file) are picked up at the next start, continuing the TXIDs.
+#[test]
+fn restart_after_clean_stop_catches_up_offline_writes() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_db(&db, SCHEMA);
+    let rep = Replicator::start(&db, &[s(&replica)]);
+    exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(3000));");
+    wait_stable(&replica, SECS, 20 * SECS);
+    rep.stop();
+    let first_run = newest_txid(&replica);
+
+    exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 2, randomblob(9000)); UPDATE t SET k = 7 WHERE k = 1;");
+    let out = python(
+        "import sqlite3,sys\nc=sqlite3.connect(sys.argv[1],isolation_level=None)\nc.execute(\"INSERT INTO t(w,k,v) VALUES (1,3,'x')\")\nprint(c.execute('PRAGMA wal_checkpoint(TRUNCATE)').fetchone()[0])",
+        &[s(&db)],
+    );
+    assert_eq!(out.trim(), "0", "offline TRUNCATE checkpoint was busy");
+    exec(&db, "DELETE FROM t WHERE k = 2;");
+    let primary = dump_hash(&db, false);
+
+    let rep = Replicator::start(&db, &[s(&replica)]);
+    assert!(
+        wait_until(20 * SECS, || newest_txid(&replica) > first_run),
+        "offline writes not captured; log:\n{}",
+        rep.0.log_text()
+    );
+    wait_stable(&replica, SECS, 20 * SECS);
+    rep.stop();
+    let out = dir.path().join("restored.db");
+    assert_eq!(restore_hash(s(&replica), &out, &[], false), primary);
+    let l0: Vec<(u64, u64)> = ltx_files(&replica).iter().filter(|f| f.0 == 0).map(|f| (f.1, f.2)).collect();
+    for pair in l0.windows(2) {
+        assert_eq!(pair[1].0, pair[0].1 + 1, "gap or duplicate: {l0:?}");
+    }
+    // The state of the first run is still restorable by TXID.
+    let out = dir.path().join("first.db");
+    restore_hash(s(&replica), &out, &["--txid", &first_run.to_string()], false);
+}
+
+const SMALL_AUTOCHECKPOINT: &str = r#"
+import sqlite3, sys, os
+db, n = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(db, timeout=10, isolation_level=None)
+c.execute("PRAGMA busy_timeout=10000")
+c.execute("PRAGMA wal_autocheckpoint=8")
+for i in range(n):
+    c.execute("INSERT INTO t(w, k, v) VALUES (5, ?, ?)", (i, os.urandom(1500)))
+c.close()
+"#;
+
+/// The app's own automatic checkpoints, very frequent here, must never let SQLite
+/// restart the WAL over frames walship has not read (its read pin prevents that).
+#[test]
+fn frequent_app_autocheckpoints_lose_nothing() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_db(&db, SCHEMA);
+    let mut rep = Replicator::start(&db, &[s(&replica)]);
+    assert!(wait_until(10 * SECS, || newest_txid(&replica) >= 1), "no first file; log:\n{}", rep.0.log_text());
+    python(SMALL_AUTOCHECKPOINT, &[s(&db), "3000"]);
+    wait_stable(&replica, SECS, 30 * SECS);
+    rep.assert_running();
+    rep.stop();
+    let out = dir.path().join("restored.db");
+    let o = restore(s(&replica), &out, &["--check", "full"]);
+    assert!(o.status.success(), "restore failed: {}", short(&stderr(&o)));
+    assert_eq!(dump_hash(&out, false), dump_hash(&db, false));
+}

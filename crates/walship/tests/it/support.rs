@@ -27,6 +27,16 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The first 600 characters of a long message (SQLite check reports can run to
+/// thousands of lines).
+pub fn short(text: &str) -> String {
+    let mut s: String = text.chars().take(600).collect();
+    if s.len() < text.len() {
+        s.push_str(" [...]");
+    }
+    s
+}
+
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -319,7 +329,7 @@ pub fn restore(replica: &str, out: &Path, extra: &[&str]) -> Output {
 #[track_caller]
 pub fn restore_hash(replica: &str, out: &Path, extra: &[&str], filter_litestream: bool) -> String {
     let o = restore(replica, out, extra);
-    assert!(o.status.success(), "restore {extra:?} failed: {}", stderr(&o));
+    assert!(o.status.success(), "restore {extra:?} failed: {}", short(&stderr(&o)));
     assert!(stderr(&o).contains("restored"), "no summary line: {}", stderr(&o));
     let (hash, integrity) = db_check(out, filter_litestream);
     assert_eq!(integrity, "ok", "integrity_check of restored {}", out.display());
