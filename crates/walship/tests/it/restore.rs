@@ -172,7 +172,8 @@ fn restore_refuses_to_clobber_and_rejects_damage() {
 
     // Damaged copies of the replica, each broken at TXID `bad`.
     let bad = newest / 2 + 1;
-    let damages: [(&str, fn(&Path)); 3] = [
+    type Damage = fn(&Path);
+    let damages: [(&str, Damage); 3] = [
         ("truncated", |p| {
             let len = std::fs::metadata(p).unwrap().len();
             std::fs::File::options().write(true).open(p).unwrap().set_len(len / 2).unwrap();

@@ -46,11 +46,11 @@ pub fn stdout(out: &Output) -> String {
 #[track_caller]
 pub fn assert_error(out: &Output) -> String {
     let err = stderr(out);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    assert!(!err.contains("panicked"), "walship panicked: {err}");
+    assert!(!out.status.success(), "expected failure, got success; stderr: {}", short(&err));
+    assert!(!err.contains("panicked"), "walship panicked: {}", short(&err));
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
-    assert!(lines[0].starts_with("error:"), "expected `error: ...`, got: {err}");
+    assert_eq!(lines.len(), 1, "expected one error line, got: {}", short(&err));
+    assert!(lines[0].starts_with("error:"), "expected `error: ...`, got: {}", short(&err));
     lines[0].to_string()
 }
 
