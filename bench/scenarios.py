@@ -112,7 +112,7 @@ def lag(ctx, tool, seconds, rate=20.0):
     return {
         "commits": len(commits), "missing": missing, "lags_ms": [round(x, 3) for x in lags],
         "files_l0": len(w.events), "wal_bytes": shipped, "cpu_s": cpu1 - cpu0,
-        "hwm_kib": hwm,
+        "hwm_kib": hwm, "watch": w.method,
     }
 
 
