@@ -109,7 +109,12 @@ impl DbConfig {
 /// Parses a configuration text, expanding environment variables first.
 pub fn parse(text: &str) -> Result<Config> {
     let expanded = expand_env(text)?;
-    let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| Error::Invalid(format!("config: {e}")))?;
+    let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| {
+        // The parser appends a source snippet; the first line says what and where.
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ");
+        Error::Invalid(format!("config: {first}"))
+    })?;
     if config.dbs.is_empty() {
         return Err(Error::Invalid("config: `dbs` lists no database".into()));
     }

@@ -155,6 +155,20 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Opens a replica for `replicate`, wrapped in fault injection when the test-only
+/// variable `WALSHIP_TEST_STORE_FAULTS` is set.
+fn open_replica(arg: &str) -> walship::Result<Box<dyn store::Store>> {
+    let store = store::open(arg)?;
+    match std::env::var("WALSHIP_TEST_STORE_FAULTS") {
+        Ok(spec) => {
+            let faults = store::faulty::Faults::parse(&spec)?;
+            tracing::warn!(replica = arg, faults = spec, "injecting storage faults (WALSHIP_TEST_STORE_FAULTS)");
+            Ok(Box::new(store::faulty::FaultyStore::new(store, faults)))
+        }
+        Err(_) => Ok(store),
+    }
+}
+
 fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
     let specs: Vec<DbSpec> = if let Some(path) = config {
         let text = std::fs::read_to_string(&path).with_context(|| format!("read config {}", path.display()))?;
@@ -170,8 +184,8 @@ fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<Path
                 if let Some(n) = db.truncate_bytes {
                     opts.truncate_bytes = n;
                 }
-                let replicas = db.replica_locations()?.iter().map(|r| store::open(r)).collect::<Result<_, _>>()?;
-                Ok(DbSpec { path: db.path, replicas, opts })
+                let replicas = db.replica_locations()?.iter().map(|r| open_replica(r)).collect::<Result<_, _>>()?;
+                Ok(DbSpec { opts, ..DbSpec::new(db.path, replicas) })
             })
             .collect::<anyhow::Result<_>>()?
     } else {
@@ -179,8 +193,8 @@ fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<Path
         if replicas.is_empty() {
             bail!("give at least one REPLICA after the database (a folder path or file:// URL)");
         }
-        let replicas = replicas.iter().map(|r| store::open(r)).collect::<Result<_, _>>()?;
-        vec![DbSpec { path: db, replicas, opts: CaptureOptions::default() }]
+        let replicas = replicas.iter().map(|r| open_replica(r)).collect::<Result<_, _>>()?;
+        vec![DbSpec::new(db, replicas)]
     };
     let stop = Arc::new(AtomicBool::new(false));
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])

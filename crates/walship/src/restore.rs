@@ -287,9 +287,11 @@ fn sqlite_check(path: &Path, check: Check) -> Result<()> {
     let mut stmt = conn.prepare(pragma)?;
     let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     if lines != ["ok"] {
+        let shown: Vec<&str> = lines.iter().flat_map(|l| l.lines()).take(3).collect();
         return Err(Error::Corrupt(format!(
-            "the restored database fails {pragma}: {}",
-            lines.join("; ")
+            "the restored database fails {pragma}: {}{}",
+            shown.join("; "),
+            if lines.len() > 3 { format!(" (and {} more problems)", lines.len() - 3) } else { String::new() }
         )));
     }
     Ok(())

@@ -24,6 +24,22 @@ pub fn open(path: &Path, busy: Duration) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Opens the write-barrier connection: like [`open`], but its busy handler retries
+/// every 50 µs for up to 2 s, so that it gets the write lock between the
+/// transactions of even a very busy writer (SQLite's default handler sleeps for
+/// milliseconds and keeps missing those short gaps).
+pub fn open_barrier(path: &Path) -> Result<Connection> {
+    const POLL: Duration = Duration::from_micros(50);
+    const WAIT: Duration = Duration::from_secs(2);
+    fn poll(attempt: i32) -> bool {
+        std::thread::sleep(POLL);
+        (attempt as u128) < WAIT.as_micros() / POLL.as_micros()
+    }
+    let mut conn = open(path, WAIT)?;
+    conn.busy_handler(Some(poll))?;
+    Ok(conn)
+}
+
 /// Checks that `path` is a SQLite database in WAL mode, switching it to WAL when it is
 /// in another journal mode (as Litestream does). Returns true when it switched.
 pub fn ensure_wal(path: &Path) -> Result<bool> {

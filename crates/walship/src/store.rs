@@ -3,8 +3,10 @@
 //! - [`Store`]: the trait every backend implements.
 //! - [`FileKey`] / [`FileInfo`]: which file, and what a listing says about it.
 //! - [`folder`]: a local or NFS folder (`<dir>/ltx/<level>/<min>-<max>.ltx`).
+//! - [`faulty`]: a wrapper that injects failures and latency, for tests.
 //! - [`open`]: turns a replica argument (path or `file://` URL) into a store.
 
+pub mod faulty;
 pub mod folder;
 
 use std::fmt;
@@ -82,6 +84,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn delete(&self, key: FileKey) -> Result<()>;
     /// Where the replica is, for messages.
     fn describe(&self) -> String;
+    /// Prepares the replica for writing (creates its folder, ...) and fails when it
+    /// cannot be written, so that `replicate` stops at once instead of retrying forever.
+    fn init(&self) -> Result<()>;
     /// Stores a small walship-only object under `name` (a `/`-separated path below the
     /// replica root, always under `walship/`), replacing any earlier one atomically.
     fn put_meta(&self, name: &str, bytes: &[u8]) -> Result<()>;

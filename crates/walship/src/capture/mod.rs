@@ -39,8 +39,6 @@ pub struct CaptureOptions {
     pub truncate_bytes: u64,
     /// Most page bytes one capture holds in memory before it writes a file. Default 64 MiB.
     pub max_batch_bytes: usize,
-    /// How long to wait for the app's write lock when taking the write barrier. Default 2 s.
-    pub barrier_timeout: Duration,
 }
 
 impl Default for CaptureOptions {
@@ -49,7 +47,6 @@ impl Default for CaptureOptions {
             checkpoint_frames: 1000,
             truncate_bytes: 8 << 20,
             max_batch_bytes: 64 << 20,
-            barrier_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -58,7 +55,10 @@ impl Default for CaptureOptions {
 pub struct Capture {
     db: PathBuf,
     wal: PathBuf,
-    shm: PathBuf,
+    /// The `-shm` file, opened once and kept open: closing any descriptor of a file
+    /// drops every POSIX lock this process holds on it, including SQLite's own (the
+    /// pin's read lock, the barrier's write lock).
+    shm: File,
     pin: Connection,
     barrier: Connection,
     pinned: bool,
@@ -88,12 +88,15 @@ impl Capture {
         // Saved checksums are only valid for the clean stop that wrote them.
         crate::durable::remove_file(&local.pagesums_path())?;
         let pin = sqlite::open(db, Duration::from_secs(5))?;
-        let barrier = sqlite::open(db, opts.barrier_timeout)?;
+        let barrier = sqlite::open_barrier(db)?;
         let page_size = sqlite::page_size(&pin)?;
+        // SQLite has the -shm open now (the pin read the schema in WAL mode).
+        let shm_path = sibling(db, "-shm");
+        let shm = File::open(&shm_path).map_err(|e| Error::io(format!("open {}", shm_path.display()), e))?;
         let mut capture = Capture {
             db: db.to_path_buf(),
             wal: sibling(db, "-wal"),
-            shm: sibling(db, "-shm"),
+            shm,
             pin,
             barrier,
             pinned: false,
@@ -203,7 +206,7 @@ impl Capture {
     }
 
     fn foreign_blocking_checkpoint(&self) -> bool {
-        File::open(&self.shm).is_ok_and(|shm| sqlite::foreign_blocking_checkpoint(&shm))
+        sqlite::foreign_blocking_checkpoint(&self.shm)
     }
 
     /// Another process runs a blocking checkpoint that waits for our pin: capture what
@@ -216,7 +219,7 @@ impl Capture {
         tracing::debug!(db = %self.db.display(), "stepping aside for the app's checkpoint");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline
-            && File::open(&self.shm).is_ok_and(|shm| sqlite::foreign_checkpoint(&shm))
+            && sqlite::foreign_checkpoint(&self.shm)
         {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -86,6 +86,15 @@ impl Store for FolderStore {
         self.root.display().to_string()
     }
 
+    fn init(&self) -> Result<()> {
+        let dir = self.root.join("ltx");
+        durable::create_dir_all(&dir)?;
+        let probe = durable::temp_path(&dir.join("probe"));
+        fs::write(&probe, b"")
+            .and_then(|()| fs::remove_file(&probe))
+            .map_err(|e| Error::Invalid(format!("replica folder {} is not writable: {e}", self.root.display())))
+    }
+
     fn put_meta(&self, name: &str, bytes: &[u8]) -> Result<()> {
         let path = self.root.join(name);
         if let Some(dir) = path.parent() {

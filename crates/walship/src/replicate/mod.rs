@@ -20,8 +20,6 @@ use crate::store::{FileKey, SNAPSHOT_LEVEL, Store, list_all};
 
 /// The fallback wake-up interval when no file event arrives.
 const TICK: Duration = Duration::from_millis(100);
-/// How long a stopping replicator waits for uploads to finish.
-const DRAIN: Duration = Duration::from_secs(30);
 
 /// One database and where it goes.
 #[derive(Debug)]
@@ -32,6 +30,15 @@ pub struct DbSpec {
     pub replicas: Vec<Box<dyn Store>>,
     /// Capture tuning.
     pub opts: CaptureOptions,
+    /// How long a stop waits for the replicas to take the last files (default 30 s).
+    pub drain: Duration,
+}
+
+impl DbSpec {
+    /// A database with default tuning.
+    pub fn new(path: PathBuf, replicas: Vec<Box<dyn Store>>) -> Self {
+        DbSpec { path, replicas, opts: CaptureOptions::default(), drain: Duration::from_secs(30) }
+    }
 }
 
 /// Replicates `db` until `stop` is set, then captures a last time, uploads what is
@@ -40,6 +47,9 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     let path = db.path.canonicalize().map_err(|e| Error::BadDatabase(format!("database {}: {e}", db.path.display())))?;
     if crate::sqlite::ensure_wal(&path)? {
         tracing::warn!(db = %path.display(), "switched the database to WAL mode (walship needs it)");
+    }
+    for store in &db.replicas {
+        store.init().map_err(|e| Error::Invalid(format!("replica {}: {e}", store.describe())))?;
     }
     let local = LocalDir::open(&path)?;
     let resume = resume_pos(&local, &db.replicas)?;
@@ -64,16 +74,17 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     let result = capture_loop(&mut capture, &shared, &rx, &stop);
     let closed = capture.close();
     shared.update(|s| s.stopping = true);
-    let deadline = Instant::now() + DRAIN;
+    let deadline = Instant::now() + db.drain;
     for handle in uploaders {
         while !handle.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
         if !handle.is_finished() {
+            shared.update(|s| s.abandon = true);
             return Err(Error::Invalid(format!(
                 "{}: a replica did not take the last files within {}s; they stay in the local state folder and will be uploaded at the next start",
                 path.display(),
-                DRAIN.as_secs()
+                db.drain.as_secs()
             )));
         }
     }
@@ -149,61 +160,81 @@ fn replica_checksum(store: &dyn Store, key: FileKey) -> Result<Checksum> {
     Ok(replica_form::get_checksums(store, key)?.map_or(Checksum::ZERO, |c| c.post))
 }
 
-/// Uploads local files to one replica, in TXID order, retrying with backoff.
+/// Uploads local files to one replica, in TXID order, retrying with backoff, until
+/// the database stops and nothing is left (or the stop gives up on this replica).
 fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
-    let mut backoff = Duration::from_millis(100);
-    let mut remote = loop {
-        match list_all(store) {
-            Ok(files) => break files.iter().map(|f| f.key.max).max().unwrap_or(TxId(0)),
-            Err(e) => {
-                tracing::warn!(replica = %store.describe(), error = %e, "cannot list the replica; retrying");
-                if shared.read(|s| s.stopping) {
-                    return;
+    let mut backoff = Backoff::default();
+    let mut remote: Option<TxId> = None;
+    while !shared.read(|s| s.abandon) {
+        let Some(have) = remote else {
+            match list_all(store) {
+                Ok(files) => {
+                    let have = files.iter().map(|f| f.key.max).max().unwrap_or(TxId(0));
+                    remote = Some(have);
+                    shared.update(|s| s.acked[i] = have);
+                    backoff.reset();
                 }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                Err(e) => backoff.fail(store, "list the replica", &e),
             }
-        }
-    };
-    shared.update(|s| s.acked[i] = remote);
-    loop {
+            continue;
+        };
         let seen = shared.read(|s| s.seq);
-        let next = pending(root, remote);
-        let Some((key, path)) = next else {
+        let Some((key, path)) = pending(root, have) else {
             if shared.read(|s| s.stopping) {
                 return;
             }
             shared.wait(seen, TICK * 10);
             continue;
         };
-        let result = if key.min.0 == remote.0 + 1 || (remote.0 == 0 && key.min.0 == 1) {
+        let result = if key.min.0 == have.0 + 1 || (have.0 == 0 && key.min.0 == 1) {
             upload(store, root, i, key, &path).map(|()| key.max)
         } else if let Some((snap, snap_path)) = snapshot_covering(root, key.min) {
             upload(store, root, i, snap, &snap_path).map(|()| snap.max)
         } else {
-            tracing::info!(replica = %store.describe(), have = %remote, next = %key.min, "the replica lacks history; asking for a snapshot");
+            tracing::info!(replica = %store.describe(), have = %have, next = %key.min, "the replica lacks history; asking for a snapshot");
             shared.update(|s| s.need_snapshot[i] = true);
             shared.wait(seen + 1, TICK * 10);
             continue;
         };
-        match result {
-            Ok(max) => {
-                remote = max;
-                backoff = Duration::from_millis(100);
-                shared.update(|s| s.acked[i] = remote);
-            }
+        let done = match result {
+            Ok(max) => max,
             Err(Error::AlreadyExists(existing)) => {
-                // An earlier run uploaded it and stopped before recording that.
+                // An earlier attempt stored it and its reply was lost.
                 tracing::debug!(file = %existing.display(), "already in the replica");
-                remote = key.max;
-                shared.update(|s| s.acked[i] = remote);
+                key.max
             }
             Err(e) => {
-                tracing::warn!(replica = %store.describe(), file = %key, error = %e, "upload failed; retrying");
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff.fail(store, &format!("upload {key}"), &e);
+                continue;
             }
-        }
+        };
+        remote = Some(done);
+        backoff.reset();
+        shared.update(|s| s.acked[i] = done);
+    }
+}
+
+/// Exponential backoff with jitter between failed storage calls: 50 ms doubling to 5 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn fail(&mut self, store: &dyn Store, what: &str, e: &Error) {
+        self.failures += 1;
+        let base = Duration::from_millis(50) * 2u32.pow(self.failures.min(7));
+        let delay = base.min(Duration::from_secs(5));
+        // Jitter from the clock's nanoseconds: replicas failing together retry apart.
+        let jitter = Duration::from_nanos(u64::from(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())) % (delay.as_nanos() as u64 / 2 + 1));
+        tracing::warn!(replica = %store.describe(), error = %e, retry_in = ?(delay / 2 + jitter), "cannot {what}; retrying");
+        std::thread::sleep(delay / 2 + jitter);
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
     }
 }
 
@@ -255,6 +286,8 @@ struct State {
     acked: Vec<TxId>,
     need_snapshot: Vec<bool>,
     stopping: bool,
+    /// Set when a stop gave up waiting: uploaders quit where they are.
+    abandon: bool,
     /// Bumped on every change, so a waiter can tell whether it missed one.
     seq: u64,
 }
@@ -262,7 +295,7 @@ struct State {
 impl Shared {
     fn new(replicas: usize) -> Self {
         Shared {
-            state: Mutex::new(State { acked: vec![TxId(0); replicas], need_snapshot: vec![false; replicas], stopping: false, seq: 0 }),
+            state: Mutex::new(State { acked: vec![TxId(0); replicas], need_snapshot: vec![false; replicas], stopping: false, abandon: false, seq: 0 }),
             cv: Condvar::new(),
         }
     }
@@ -288,3 +321,6 @@ impl Shared {
         let _ = self.cv.wait_timeout_while(guard, timeout, |s| s.seq <= seen && !s.stopping);
     }
 }
+
+#[cfg(test)]
+mod tests;
