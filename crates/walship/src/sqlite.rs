@@ -24,22 +24,6 @@ pub fn open(path: &Path, busy: Duration) -> Result<Connection> {
     Ok(conn)
 }
 
-/// Opens the write-barrier connection: like [`open`], but its busy handler retries
-/// every 50 µs for up to 2 s, so that it gets the write lock between the
-/// transactions of even a very busy writer (SQLite's default handler sleeps for
-/// milliseconds and keeps missing those short gaps).
-pub fn open_barrier(path: &Path) -> Result<Connection> {
-    const POLL: Duration = Duration::from_micros(50);
-    const WAIT: Duration = Duration::from_secs(2);
-    fn poll(attempt: i32) -> bool {
-        std::thread::sleep(POLL);
-        (attempt as u128) < WAIT.as_micros() / POLL.as_micros()
-    }
-    let mut conn = open(path, WAIT)?;
-    conn.busy_handler(Some(poll))?;
-    Ok(conn)
-}
-
 /// Checks that `path` is a SQLite database in WAL mode, switching it to WAL when it is
 /// in another journal mode (as Litestream does). Returns true when it switched.
 pub fn ensure_wal(path: &Path) -> Result<bool> {
@@ -91,16 +75,26 @@ pub fn end(conn: &Connection) -> Result<()> {
 }
 
 /// Takes SQLite's write lock (`BEGIN IMMEDIATE`): no other connection can commit until
-/// [`end`]. Returns false when the lock stayed busy for the connection's busy timeout.
-pub fn try_write_barrier(conn: &Connection) -> Result<bool> {
-    match conn.execute_batch("BEGIN IMMEDIATE") {
-        Ok(()) => Ok(true),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-        {
-            Ok(false)
+/// [`end`]. It retries every 50 µs (SQLite's own busy handler sleeps for milliseconds
+/// and keeps missing the short gaps between a busy writer's transactions) until
+/// `wait` has passed or `give_way()` says to stop (another process runs a blocking
+/// checkpoint that waits for us: waiting for it in turn would be a deadlock). Returns
+/// false when it did not get the lock. The connection must have a zero busy timeout.
+pub fn try_write_barrier(conn: &Connection, wait: Duration, give_way: impl Fn() -> bool) -> Result<bool> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => return Ok(true),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                if std::time::Instant::now() >= deadline || give_way() {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -210,12 +204,20 @@ mod tests {
     #[test]
     fn write_barrier_blocks_other_writers() {
         let (_dir, path, app) = db();
-        let ours = open(&path, Duration::from_secs(1)).unwrap();
-        assert!(try_write_barrier(&ours).unwrap());
+        let ours = open(&path, Duration::ZERO).unwrap();
+        assert!(try_write_barrier(&ours, Duration::from_millis(100), || false).unwrap());
         app.busy_timeout(Duration::from_millis(10)).unwrap();
         assert!(app.execute("INSERT INTO t VALUES (9)", []).is_err());
         end(&ours).unwrap();
         app.execute("INSERT INTO t VALUES (9)", []).unwrap();
+        // Held by the app: the barrier gives up at its deadline, or at once when told to.
+        app.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        assert!(!try_write_barrier(&ours, Duration::from_millis(100), || false).unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        assert!(!try_write_barrier(&ours, Duration::from_secs(10), || true).unwrap());
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

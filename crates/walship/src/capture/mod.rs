@@ -29,6 +29,9 @@ use crate::sqlite;
 use crate::store::{FileKey, SNAPSHOT_LEVEL};
 use crate::wal_tail::{self, Batch, Cursor, Tail};
 
+/// How long a checkpoint waits for the app's write lock before trying again later.
+const BARRIER_WAIT: Duration = Duration::from_millis(500);
+
 /// Tuning of capture and checkpoints.
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -88,7 +91,7 @@ impl Capture {
         // Saved checksums are only valid for the clean stop that wrote them.
         crate::durable::remove_file(&local.pagesums_path())?;
         let pin = sqlite::open(db, Duration::from_secs(5))?;
-        let barrier = sqlite::open_barrier(db)?;
+        let barrier = sqlite::open(db, Duration::ZERO)?;
         let page_size = sqlite::page_size(&pin)?;
         // SQLite has the -shm open now (the pin read the schema in WAL mode).
         let shm_path = sibling(db, "-shm");
@@ -129,15 +132,15 @@ impl Capture {
     /// Returns the files written.
     pub fn tick(&mut self) -> Result<Vec<FileKey>> {
         let mut written = Vec::new();
-        if self.foreign_blocking_checkpoint() {
-            self.step_aside(&mut written)?;
-        }
+        self.give_way_if_asked(&mut written)?;
         if !self.pinned {
             self.repin()?;
             self.caught_up = false;
         }
         self.capture_to_end(&mut written)?;
         self.maybe_checkpoint(&mut written)?;
+        // A checkpoint that gave way to the app's leaves it waiting for us: let it go now.
+        self.give_way_if_asked(&mut written)?;
         Ok(written)
     }
 
@@ -153,7 +156,7 @@ impl Capture {
     /// file covering TXIDs 1..=current, to seed a replica that lacks history.
     pub fn snapshot(&mut self) -> Result<FileKey> {
         let mut written = Vec::new();
-        if !sqlite::try_write_barrier(&self.barrier)? {
+        if !self.write_barrier()? {
             return Err(Error::Interrupted);
         }
         let result = (|| -> Result<()> {
@@ -205,13 +208,21 @@ impl Capture {
         Ok(written)
     }
 
+    /// Takes the write barrier, giving way to the app's blocking checkpoints.
+    fn write_barrier(&self) -> Result<bool> {
+        sqlite::try_write_barrier(&self.barrier, BARRIER_WAIT, || self.foreign_blocking_checkpoint())
+    }
+
     fn foreign_blocking_checkpoint(&self) -> bool {
         sqlite::foreign_blocking_checkpoint(&self.shm)
     }
 
-    /// Another process runs a blocking checkpoint that waits for our pin: capture what
-    /// is committed, let go, and take the pin back once it is done.
-    fn step_aside(&mut self, written: &mut Vec<FileKey>) -> Result<()> {
+    /// When another process runs a blocking checkpoint, which waits for our pin:
+    /// capture what is committed, let go, and take the pin back once it is done.
+    fn give_way_if_asked(&mut self, written: &mut Vec<FileKey>) -> Result<()> {
+        if !self.foreign_blocking_checkpoint() {
+            return Ok(());
+        }
         self.capture_to_end(written)?;
         sqlite::end(&self.pin)?;
         self.pinned = false;
@@ -419,7 +430,7 @@ impl Capture {
     /// just before the TRUNCATE checkpoint (which needs the write lock itself), and
     /// `PRAGMA data_version` tells whether another connection committed in that gap.
     fn checkpoint(&mut self, truncate: bool, written: &mut Vec<FileKey>) -> Result<()> {
-        if !sqlite::try_write_barrier(&self.barrier)? {
+        if !self.write_barrier()? {
             return Ok(());
         }
         let mut barrier_held = true;
