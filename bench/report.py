@@ -17,6 +17,8 @@ def summary(values):
 def fmt_num(x, digits=None):
     if x is None:
         return "—"
+    if x == 0:
+        return "0"
     if digits is not None:
         return "%.*f" % (digits, x)
     a = abs(x)
@@ -163,7 +165,7 @@ def markdown(meta, rows, tools_run, notes):
         if isinstance(w, dict):
             r1 = _ratio(w, d if isinstance(d, dict) else None)
             r2 = _ratio(w, t if isinstance(t, dict) else None)
-            ratio = "%s · %s" % (fmt_num(r1, 2) if r1 is not None else "—", fmt_num(r2, 2) if r2 is not None else "—")
+            ratio = "%s · %s" % (fmt_num(r1), fmt_num(r2)) if (r1, r2) != (None, None) else ""
         else:
             ratio = ""
         out.append("| %s | %s | %s | %s | %s | %s |" % (metric, vals[0], vals[1], vals[2], ratio, target))
