@@ -134,9 +134,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ltx { replica } => {
+            use std::io::Write;
             let store = store::open(&replica)?;
             let files = store::list_all(store.as_ref())?;
-            println!("{:<5} {:<16} {:<16} {:>12}  created", "level", "min_txid", "max_txid", "size");
+            let mut out = std::io::stdout().lock();
+            let mut lines = vec![format!("{:<5} {:<16} {:<16} {:>12}  created", "level", "min_txid", "max_txid", "size")];
             for f in files {
                 let mut r = store.open(f.key)?;
                 let mut buf = [0u8; ltx::HEADER_SIZE];
@@ -144,7 +146,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 let header = ltx::Header::decode(&buf).with_context(|| format!("{}", f.key))?;
                 let time = chrono::DateTime::from_timestamp_millis(header.timestamp_ms)
                     .map_or_else(|| "?".to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-                println!("{:<5} {} {} {:>12}  {}", f.key.level, f.key.min, f.key.max, f.size, time);
+                lines.push(format!("{:<5} {} {} {:>12}  {}", f.key.level, f.key.min, f.key.max, f.size, time));
+            }
+            for line in lines {
+                match writeln!(out, "{line}") {
+                    // A closed pipe (`walship ltx … | head`) is the reader's choice, not an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    r => r?,
+                }
             }
             Ok(())
         }

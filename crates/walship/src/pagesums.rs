@@ -68,6 +68,31 @@ impl PageSums {
         self.sums.resize(pages as usize, Checksum::ZERO);
     }
 
+    /// The database checksum after [`PageSums::apply`] with the same arguments,
+    /// without changing anything.
+    pub fn preview(&self, commit: u32, changes: &[(u32, Checksum)]) -> Checksum {
+        let mut db = self.db.clone();
+        for old in self.sums.iter().skip(commit as usize).filter(|s| **s != Checksum::ZERO) {
+            db.remove(*old);
+        }
+        for (pgno, sum) in changes.iter().filter(|(p, _)| *p <= commit) {
+            let old = self.get(*pgno);
+            if old != Checksum::ZERO {
+                db.remove(old);
+            }
+            db.add(*sum);
+        }
+        db.value()
+    }
+
+    /// Sets the database size to `commit` pages and records the changed pages.
+    pub fn apply(&mut self, commit: u32, changes: &[(u32, Checksum)]) {
+        self.resize(commit);
+        for (pgno, sum) in changes.iter().filter(|(p, _)| *p <= commit) {
+            self.set(*pgno, *sum);
+        }
+    }
+
     /// Saves the checksums, tagged with the TXID they describe, durably.
     pub fn save(&self, path: &Path, txid: TxId) -> Result<()> {
         let mut bytes = Vec::with_capacity(16 + self.sums.len() * 8);

@@ -303,11 +303,6 @@ impl Capture {
             self.cursor = Some(end);
             return Ok(None);
         }
-        let mut next = sums.clone();
-        next.resize(commit);
-        for (pgno, sum) in &changed {
-            next.set(*pgno, *sum);
-        }
         let txid = TxId(self.pos.txid.0 + 1);
         let key = FileKey { level: 0, min: txid, max: txid };
         let mut header = self.header(txid, txid, commit, sums.checksum());
@@ -316,14 +311,17 @@ impl Capture {
         header.wal_size = (end.offset(self.page_size) - start) as i64;
         header.wal_salt1 = wal.salt1;
         header.wal_salt2 = wal.salt2;
-        let post = next.checksum();
+        let post = sums.preview(commit, &changed);
         self.local.write_ltx(key, &header, |enc| {
             for (pgno, _) in &changed {
                 enc.encode_page(*pgno, &batch.pages[pgno]).map_err(|e| Error::ltx(key.to_string(), e))?;
             }
             Ok(post)
         })?;
-        self.sums = Some(next);
+        if let Some(sums) = self.sums.as_mut() {
+            sums.apply(commit, &changed);
+            debug_assert_eq!(sums.checksum(), post);
+        }
         self.pos = Pos { txid, checksum: post };
         self.cursor = Some(end);
         Ok(Some(key))

@@ -94,6 +94,7 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
 }
 
 fn capture_loop(capture: &mut Capture, shared: &Shared, rx: &Receiver<()>, stop: &AtomicBool) -> Result<()> {
+    let mut pruned_at = None;
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(TICK) {
             Ok(()) => while rx.try_recv().is_ok() {},
@@ -116,7 +117,11 @@ fn capture_loop(capture: &mut Capture, shared: &Shared, rx: &Receiver<()>, stop:
                 Err(e) => return Err(e),
             }
         }
-        prune(capture.local(), shared)?;
+        let acked = shared.read(|s| s.acked.iter().copied().min());
+        if acked != pruned_at {
+            prune(capture.local(), shared)?;
+            pruned_at = acked;
+        }
     }
     Ok(())
 }
@@ -264,7 +269,13 @@ fn snapshot_covering(root: &Path, next: TxId) -> Option<(FileKey, PathBuf)> {
 fn watch(db: &Path, tx: Sender<()>) -> Result<notify::RecommendedWatcher> {
     let wal = sibling(db, "-wal");
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| e.paths.iter().any(|p| p == &wal)) {
+        // Only writes and creation: opens and closes (capture's own reads among them)
+        // must not wake capture, or each tick would trigger the next.
+        let relevant = event.is_ok_and(|e| {
+            matches!(e.kind, notify::EventKind::Modify(_) | notify::EventKind::Create(_))
+                && e.paths.iter().any(|p| p == &wal)
+        });
+        if relevant {
             let _ = tx.send(());
         }
     })
