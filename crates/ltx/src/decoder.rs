@@ -125,6 +125,12 @@ impl<R: Read> Decoder<R> {
         Ok(Some(pgno))
     }
 
+    /// The LZ4 block of the page last returned by [`Decoder::next_page`] (for
+    /// [`crate::Encoder::encode_page_compressed`]).
+    pub fn compressed(&self) -> &[u8] {
+        &self.compressed
+    }
+
     /// Consumes the remaining pages, the page index and the trailer; checks
     /// the index, the file checksum, that the input ends there, and (tracked
     /// snapshots only) the post-apply checksum. Returns the trailer; a second
@@ -146,7 +152,7 @@ impl<R: Read> Decoder<R> {
             .map_err(truncated("trailer"))?;
         let trailer = Trailer::decode(&t);
 
-        let actual = Checksum(Checksum::FLAG.0 | self.hash.clone().finalize());
+        let actual = Checksum(Checksum::FLAG.0 | self.hash.finalize());
         if actual != trailer.file_checksum {
             return Err(Error::ChecksumMismatch {
                 what: "file checksum",

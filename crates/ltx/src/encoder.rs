@@ -61,6 +61,21 @@ impl<W: Write> Encoder<W> {
 
     /// Compresses and writes one page frame.
     pub fn encode_page(&mut self, pgno: u32, data: &[u8]) -> Result<()> {
+        self.write_frame(pgno, data, None)
+    }
+
+    /// Writes one page frame whose LZ4 block is already known: `compressed` must be
+    /// the block a [`crate::Decoder`] read for this very `data` (see
+    /// [`crate::Decoder::compressed`]). Re-framing a file this way (new header or
+    /// trailer, same pages) costs no compression.
+    pub fn encode_page_compressed(&mut self, pgno: u32, data: &[u8], compressed: &[u8]) -> Result<()> {
+        if compressed.is_empty() || compressed.len() > compress_bound(self.header.page_size as usize) {
+            return Err(Error::Corrupt(format!("page {pgno}: compressed size {} out of range", compressed.len())));
+        }
+        self.write_frame(pgno, data, Some(compressed))
+    }
+
+    fn write_frame(&mut self, pgno: u32, data: &[u8], compressed: Option<&[u8]>) -> Result<()> {
         self.check_usable()?;
         let page_size = self.header.page_size as usize;
         if data.len() != page_size {
@@ -78,9 +93,12 @@ impl<W: Write> Encoder<W> {
         frame.extend_from_slice(&PAGE_FLAG_SIZE.to_be_bytes());
         frame.extend_from_slice(&[0; 4]);
         let data_at = frame.len();
-        self.compressor.compress(data, &mut frame);
-        let compressed = (frame.len() - data_at) as u32;
-        frame[PAGE_HEADER_SIZE..data_at].copy_from_slice(&compressed.to_be_bytes());
+        match compressed {
+            Some(block) => frame.extend_from_slice(block),
+            None => self.compressor.compress(data, &mut frame),
+        }
+        let size = (frame.len() - data_at) as u32;
+        frame[PAGE_HEADER_SIZE..data_at].copy_from_slice(&size.to_be_bytes());
 
         let written = self.w.write_all(&frame);
         // The file checksum covers the frame header, size and the
@@ -116,7 +134,7 @@ impl<W: Write> Encoder<W> {
         encode_index(&self.index, &mut tail);
         tail.extend_from_slice(&post_apply_checksum.0.to_be_bytes());
         self.hash.update(&tail);
-        let file_checksum = Checksum(Checksum::FLAG.0 | self.hash.clone().finalize());
+        let file_checksum = Checksum(Checksum::FLAG.0 | self.hash.finalize());
         tail.extend_from_slice(&file_checksum.0.to_be_bytes());
         let written = self.w.write_all(&tail).and_then(|()| self.w.flush());
         self.fail_on(written)?;

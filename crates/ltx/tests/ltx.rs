@@ -73,6 +73,22 @@ fn litestream_fixtures_decode_and_reencode_identically() {
 }
 
 #[test]
+fn reframing_with_the_read_lz4_blocks_is_byte_identical() {
+    for path in litestream_files() {
+        let bytes = std::fs::read(&path).unwrap();
+        let mut dec = Decoder::new(&bytes[..]).unwrap();
+        let mut enc = Encoder::new(Vec::new(), &dec.header().clone()).unwrap();
+        let mut page = Vec::new();
+        while let Some(pgno) = dec.next_page(&mut page).unwrap() {
+            enc.encode_page_compressed(pgno, &page, dec.compressed()).unwrap();
+        }
+        let trailer = dec.finish().unwrap();
+        enc.finish(trailer.post_apply_checksum).unwrap();
+        assert!(enc.into_inner() == bytes, "{}: re-framing differs", path.display());
+    }
+}
+
+#[test]
 fn streaming_decoder_matches_decode_all_and_finish_skips_pages() {
     for path in litestream_files() {
         let bytes = std::fs::read(&path).unwrap();

@@ -40,7 +40,7 @@ pub fn to_litestream_form(local: &Path, out: &Path) -> Result<Option<Checksums>>
     let mut enc = Encoder::new(BufWriter::with_capacity(256 * 1024, dst), &header).map_err(|e| Error::ltx(name.clone(), e))?;
     let mut page = Vec::new();
     while let Some(pgno) = dec.next_page(&mut page).map_err(|e| Error::ltx(name.clone(), e))? {
-        enc.encode_page(pgno, &page).map_err(|e| Error::ltx(name.clone(), e))?;
+        enc.encode_page_compressed(pgno, &page, dec.compressed()).map_err(|e| Error::ltx(name.clone(), e))?;
     }
     let trailer = dec.finish().map_err(|e| Error::ltx(name.clone(), e))?;
     enc.finish(Checksum::ZERO).map_err(|e| Error::ltx(name.clone(), e))?;
