@@ -32,6 +32,12 @@ use crate::wal_tail::{self, Batch, Cursor, Tail};
 /// How long a checkpoint waits for the app's write lock before trying again later.
 const BARRIER_WAIT: Duration = Duration::from_millis(500);
 
+/// A TRUNCATE checkpoint waits for this long without commits. It needs the write
+/// lock itself, so a commit can slip in between the barrier and it; the rescan that
+/// this then costs is rare when the app is quiet. (Under steady writes the WAL stays
+/// bounded without it: each PASSIVE checkpoint lets SQLite restart the log.)
+const TRUNCATE_QUIET: Duration = Duration::from_millis(500);
+
 /// Tuning of capture and checkpoints.
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -73,6 +79,8 @@ pub struct Capture {
     local: LocalDir,
     opts: CaptureOptions,
     checkpointed_at: u64,
+    /// No TRUNCATE before this instant: pushed back by every commit seen (see
+    /// [`Capture::checkpoint`] for why it waits for a quiet moment) and after a busy try.
     truncate_after: Instant,
 }
 
@@ -289,6 +297,7 @@ impl Capture {
     /// Writes the committed pages of `batch` that differ from the captured state.
     fn write_batch(&mut self, wal: &ltx::wal::WalHeader, batch: Batch) -> Result<Option<FileKey>> {
         let Some(end) = batch.end else { return Ok(None) };
+        self.truncate_after = self.truncate_after.max(Instant::now() + TRUNCATE_QUIET);
         let sums = self.sums.as_ref().expect("page checksums are known after the first rescan");
         let lock = ltx::lock_pgno(self.page_size);
         let commit = batch.commit;
@@ -431,6 +440,7 @@ impl Capture {
         if !self.write_barrier()? {
             return Ok(());
         }
+        let started = Instant::now();
         let mut barrier_held = true;
         let result = (|| -> Result<()> {
             self.capture_to_end(written)?;
@@ -466,6 +476,7 @@ impl Capture {
         if barrier_held {
             sqlite::end(&self.barrier)?;
         }
+        tracing::debug!(truncate, frames = self.checkpointed_at, took = ?started.elapsed(), "checkpoint");
         if result.is_err() && !self.pinned {
             self.caught_up = false;
         }

@@ -211,3 +211,22 @@ fn snapshots_match_the_captured_state() {
     assert_eq!(key.max, c.pos().txid);
     check(&f, &c);
 }
+
+#[test]
+fn a_burst_is_truncated_once_commits_pause() {
+    let f = fixture();
+    let opts = CaptureOptions { checkpoint_frames: 1_000_000, truncate_bytes: 256 << 10, ..CaptureOptions::default() };
+    let mut c = open(&f, opts);
+    f.app.execute_batch("BEGIN").unwrap();
+    write(&f.app, 500, 2000);
+    f.app.execute_batch("COMMIT").unwrap();
+    c.tick().unwrap();
+    let wal = sibling(&f.db, "-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 1 << 20);
+    std::thread::sleep(TRUNCATE_QUIET + Duration::from_millis(100));
+    c.tick().unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0, "the WAL was not truncated after the pause");
+    write(&f.app, 3, 100);
+    c.tick().unwrap();
+    check(&f, &c);
+}
