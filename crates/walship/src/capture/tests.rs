@@ -218,7 +218,7 @@ fn a_burst_is_truncated_once_commits_pause() {
     let opts = CaptureOptions { checkpoint_frames: 1_000_000, truncate_bytes: 256 << 10, ..CaptureOptions::default() };
     let mut c = open(&f, opts);
     f.app.execute_batch("BEGIN").unwrap();
-    write(&f.app, 500, 2000);
+    write(&f.app, 500, 4000);
     f.app.execute_batch("COMMIT").unwrap();
     c.tick().unwrap();
     let wal = sibling(&f.db, "-wal");
