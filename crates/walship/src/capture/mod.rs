@@ -28,6 +28,7 @@ use crate::pagesums::PageSums;
 use crate::sqlite;
 use crate::store::{FileKey, SNAPSHOT_LEVEL};
 use crate::wal_tail::{self, Batch, Cursor, Tail};
+use ltx::wal::WalHeader;
 
 /// How long a checkpoint waits for the app's write lock before trying again later.
 const BARRIER_WAIT: Duration = Duration::from_millis(500);
@@ -295,7 +296,7 @@ impl Capture {
     }
 
     /// Writes the committed pages of `batch` that differ from the captured state.
-    fn write_batch(&mut self, wal: &ltx::wal::WalHeader, batch: Batch) -> Result<Option<FileKey>> {
+    fn write_batch(&mut self, wal: &WalHeader, batch: Batch) -> Result<Option<FileKey>> {
         let Some(end) = batch.end else { return Ok(None) };
         self.truncate_after = self.truncate_after.max(Instant::now() + TRUNCATE_QUIET);
         let sums = self.sums.as_ref().expect("page checksums are known after the first rescan");
@@ -433,21 +434,30 @@ impl Capture {
         Ok(())
     }
 
-    /// Checkpoints behind the write barrier. With `truncate`, the barrier is released
-    /// just before the TRUNCATE checkpoint (which needs the write lock itself), and
-    /// `PRAGMA data_version` tells whether another connection committed in that gap.
+    /// Checkpoints behind the write barrier. Under the barrier it only *reads* the
+    /// commits not captured yet (writing them, with its fsyncs, waits until the app may
+    /// commit again). With `truncate`, the barrier is released just before the TRUNCATE
+    /// checkpoint (which needs the write lock itself), and `PRAGMA data_version` tells
+    /// whether another connection committed in that gap.
     fn checkpoint(&mut self, truncate: bool, written: &mut Vec<FileKey>) -> Result<()> {
         if !self.write_barrier()? {
             return Ok(());
         }
         let started = Instant::now();
         let mut barrier_held = true;
-        let result = (|| -> Result<()> {
-            self.capture_to_end(written)?;
+        let result = (|| -> Result<Option<(WalHeader, Batch)>> {
+            let mut pending = match wal_tail::read(&self.wal, self.cursor, usize::MAX)? {
+                Tail::Frames(header, batch) if self.cursor.is_some() => Some((header, batch)),
+                _ => {
+                    self.capture_to_end(written)?;
+                    None
+                }
+            };
+            let end = pending.as_ref().and_then(|(_, b)| b.end).or(self.cursor);
             sqlite::end(&self.pin)?;
             self.pinned = false;
             let passive = sqlite::checkpoint(&self.pin, "PASSIVE")?;
-            self.checkpointed_at = self.cursor.map_or(0, |c| c.frames);
+            self.checkpointed_at = end.map_or(0, |c| c.frames);
             if truncate && !passive.busy && passive.log == passive.checkpointed {
                 let before = sqlite::data_version(&self.pin)?;
                 sqlite::end(&self.barrier)?;
@@ -455,32 +465,50 @@ impl Capture {
                 self.pin.busy_timeout(Duration::from_millis(50))?;
                 let done = sqlite::checkpoint(&self.pin, "TRUNCATE");
                 self.pin.busy_timeout(Duration::from_secs(5))?;
-                let done = done?;
-                if done.busy {
-                    self.truncate_after = Instant::now() + Duration::from_secs(1);
+                if done?.busy {
+                    self.truncate_after = Instant::now() + TRUNCATE_QUIET;
                 }
                 if sqlite::data_version(&self.pin)? != before {
                     // A commit slipped in before the TRUNCATE: it may be gone from the WAL.
+                    // The rescan covers it and the pending commits alike.
                     self.repin()?;
                     self.caught_up = false;
                     tracing::info!(db = %self.db.display(), "a commit raced the truncate checkpoint; rescanning");
-                    return self.rescan_into(written);
+                    pending = None;
+                    self.rescan_into(written)?;
+                    return Ok(pending);
                 }
             } else if truncate {
-                self.truncate_after = Instant::now() + Duration::from_secs(1);
+                self.truncate_after = Instant::now() + TRUNCATE_QUIET;
             }
             self.repin()?;
             self.caught_up = true;
-            Ok(())
+            Ok(pending)
         })();
         if barrier_held {
             sqlite::end(&self.barrier)?;
         }
-        tracing::debug!(truncate, frames = self.checkpointed_at, took = ?started.elapsed(), "checkpoint");
-        if result.is_err() && !self.pinned {
-            self.caught_up = false;
+        tracing::debug!(truncate, frames = self.checkpointed_at, barrier = ?started.elapsed(), "checkpoint");
+        let pending = match result {
+            Ok(p) => p,
+            Err(e) => {
+                if !self.pinned {
+                    self.caught_up = false;
+                }
+                return Err(e);
+            }
+        };
+        if let Some((header, batch)) = pending {
+            match self.write_batch(&header, batch) {
+                Ok(key) => written.extend(key),
+                Err(e) => {
+                    // The log may be restarted over those frames now: rescan next time.
+                    self.caught_up = false;
+                    return Err(e);
+                }
+            }
         }
-        result
+        Ok(())
     }
 
     fn sqlite_page_count(&self) -> Result<u32> {
