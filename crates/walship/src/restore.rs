@@ -184,6 +184,12 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
         let name = info.key.to_string();
         let mut dec = Decoder::new(store.open(info.key)?).map_err(|e| Error::ltx(name.clone(), e))?;
         let header = dec.header().clone();
+        if (header.min_txid, header.max_txid) != (info.key.min, info.key.max) {
+            return Err(Error::Corrupt(format!(
+                "{name}: its header says TXIDs {}-{}, not what its name says",
+                header.min_txid, header.max_txid
+            )));
+        }
         if page_size == 0 {
             page_size = header.page_size;
         } else if header.page_size != page_size {

@@ -148,6 +148,13 @@ fn l0_path(replica: &Path, txid: u64) -> PathBuf {
     replica.join("ltx/0").join(format!("{txid:016x}-{txid:016x}.ltx"))
 }
 
+/// The level-0 file `delta` TXIDs after (or before) the one at `path`.
+fn sibling_txid(path: &Path, delta: i64) -> PathBuf {
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let txid = u64::from_str_radix(&name[..16], 16).unwrap().checked_add_signed(delta).unwrap();
+    path.with_file_name(format!("{txid:016x}-{txid:016x}.ltx"))
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> =
         std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
@@ -173,7 +180,7 @@ fn restore_refuses_to_clobber_and_rejects_damage() {
     // Damaged copies of the replica, each broken at TXID `bad`.
     let bad = newest / 2 + 1;
     type Damage = fn(&Path);
-    let damages: [(&str, Damage); 3] = [
+    let damages: [(&str, Damage); 6] = [
         ("truncated", |p| {
             let len = std::fs::metadata(p).unwrap().len();
             std::fs::File::options().write(true).open(p).unwrap().set_len(len / 2).unwrap();
@@ -185,6 +192,24 @@ fn restore_refuses_to_clobber_and_rejects_damage() {
             std::fs::write(p, bytes).unwrap();
         }),
         ("missing", |p| std::fs::remove_file(p).unwrap()),
+        // The next file's content under this file's name (files reordered).
+        ("reordered", |p| {
+            let next = sibling_txid(p, 1);
+            let (a, b) = (std::fs::read(p).unwrap(), std::fs::read(&next).unwrap());
+            std::fs::write(p, b).unwrap();
+            std::fs::write(next, a).unwrap();
+        }),
+        // A copy of the previous file stored again under this file's name.
+        ("duplicated", |p| std::fs::copy(sibling_txid(p, -1), p).map(drop).unwrap()),
+        // The right file, but its checksum record says another state came before it.
+        ("foreign record", |p| {
+            let name = p.file_name().unwrap().to_str().unwrap().trim_end_matches(".ltx").to_string();
+            let record = p.parent().unwrap().join("../../walship/checksums/0").join(name);
+            let text = std::fs::read_to_string(&record).unwrap();
+            let (pre, post) = text.trim().split_once(' ').unwrap();
+            let pre = format!("{:016x}", u64::from_str_radix(pre, 16).unwrap() ^ 1);
+            std::fs::write(&record, format!("{pre} {post}\n")).unwrap();
+        }),
     ];
     for (what, damage) in damages {
         let copy = dir.path().join(format!("replica-{what}"));
