@@ -153,14 +153,6 @@ impl Capture {
         Ok(written)
     }
 
-    /// Captures everything committed so far and returns the resulting position: every
-    /// commit made before the call is in a file at or before it.
-    pub fn sync(&mut self) -> Result<Pos> {
-        let mut written = Vec::new();
-        self.capture_to_end(&mut written)?;
-        Ok(self.pos)
-    }
-
     /// Writes a full snapshot of the current state to the local folder as a level-9
     /// file covering TXIDs 1..=current, to seed a replica that lacks history.
     pub fn snapshot(&mut self) -> Result<FileKey> {
