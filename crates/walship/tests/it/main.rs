@@ -2,6 +2,8 @@
 //! real Litestream binary when installed.
 
 mod cli_errors;
+mod disk_faults;
+mod fuzz_replay;
 mod litestream;
 mod replicate;
 mod restore;

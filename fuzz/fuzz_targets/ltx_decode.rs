@@ -1,0 +1,6 @@
+//! Fuzz target `ltx_decode`: see `fuzz/src/ltx_cases.rs` and docs/fuzzing.md.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    walship_fuzz::ltx_cases::ltx_decode(data);
+});
