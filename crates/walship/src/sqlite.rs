@@ -166,7 +166,7 @@ fn held_by_other_process(file: &File, offset: i64) -> bool {
         lock.l_whence = libc::SEEK_SET as _;
         lock.l_start = offset as _;
         lock.l_len = 1;
-        libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) == 0 && lock.l_type != libc::F_UNLCK as _
+        libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
     }
 }
 

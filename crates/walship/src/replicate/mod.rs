@@ -52,7 +52,7 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
         store.init().map_err(|e| Error::Invalid(format!("replica {}: {e}", store.describe())))?;
     }
     let local = LocalDir::open(&path)?;
-    let resume = resume_pos(&local, &db.replicas)?;
+    let resume = resume_pos(&local, &db.replicas, &stop)?;
     let mut capture = Capture::open(&path, local, resume, db.opts)?;
     tracing::info!(db = %path.display(), txid = %capture.pos().txid, replicas = db.replicas.len(), "replicating");
 
@@ -74,15 +74,17 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     let result = capture_loop(&mut capture, &shared, &rx, &stop);
     let closed = capture.close();
     shared.update(|s| s.stopping = true);
-    let deadline = Instant::now() + db.drain;
-    for handle in uploaders {
-        while !handle.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if !handle.is_finished() {
+    // Wait while the replicas make progress; give up after `drain` without any.
+    let mut progress = (Instant::now(), shared.read(|s| s.acked.clone()));
+    while !uploaders.iter().all(|h| h.is_finished()) {
+        std::thread::sleep(Duration::from_millis(20));
+        let acked = shared.read(|s| s.acked.clone());
+        if acked != progress.1 {
+            progress = (Instant::now(), acked);
+        } else if progress.0.elapsed() > db.drain {
             shared.update(|s| s.abandon = true);
             return Err(Error::Invalid(format!(
-                "{}: a replica did not take the last files within {}s; they stay in the local state folder and will be uploaded at the next start",
+                "{}: a replica took no file for {}s while stopping; the rest stay in the local state folder and will be uploaded at the next start",
                 path.display(),
                 db.drain.as_secs()
             )));
@@ -142,14 +144,27 @@ fn prune(local: &LocalDir, shared: &Shared) -> Result<()> {
 
 /// Where to continue: the newest local file, or a replica's newest file when the
 /// local state is missing or behind (a new machine, a deleted state folder).
-fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>]) -> Result<Pos> {
-    let mut pos = local.last_pos()?.unwrap_or_default();
+///
+/// Without local state, TXIDs must continue after every replica's history (new files
+/// must never collide with old ones), so each replica is listed, retrying until it
+/// answers or `stop` is set. With local state, an unreachable replica is skipped: its
+/// uploader finds out later where it stands.
+fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>], stop: &AtomicBool) -> Result<Pos> {
+    let known = local.last_pos()?;
+    let mut pos = known.unwrap_or_default();
     for store in replicas {
-        let newest = match list_all(store.as_ref()) {
-            Ok(files) => files.into_iter().max_by_key(|f| (f.key.max, f.key.level)),
-            Err(e) => {
-                tracing::warn!(replica = %store.describe(), error = %e, "cannot list the replica at start");
-                continue;
+        let mut backoff = Backoff::default();
+        let newest = loop {
+            match list_all(store.as_ref()) {
+                Ok(files) => break files.into_iter().max_by_key(|f| (f.key.max, f.key.level)),
+                Err(e) if known.is_some() => {
+                    tracing::warn!(replica = %store.describe(), error = %e, "cannot list the replica at start");
+                    break None;
+                }
+                Err(_) if stop.load(Ordering::Relaxed) => {
+                    return Err(Error::Invalid(format!("replica {}: stopped before it could be listed", store.describe())));
+                }
+                Err(e) => backoff.fail(store.as_ref(), "list the replica (needed to number new files)", &e),
             }
         };
         if let Some(f) = newest.filter(|f| f.key.max > pos.txid) {
@@ -203,11 +218,18 @@ fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
         };
         let done = match result {
             Ok(max) => max,
-            Err(Error::AlreadyExists(existing)) => {
+            Err(Error::AlreadyExists(_)) => match same_as_remote(store, root, i, key, &path) {
                 // An earlier attempt stored it and its reply was lost.
-                tracing::debug!(file = %existing.display(), "already in the replica");
-                key.max
-            }
+                Ok(true) => key.max,
+                Ok(false) => {
+                    tracing::error!(replica = %store.describe(), file = %key, "the replica already holds a different file under this name (another primary, or a lost local state?); not uploading to it any more");
+                    return;
+                }
+                Err(e) => {
+                    backoff.fail(store, &format!("compare {key} with the replica's copy"), &e);
+                    continue;
+                }
+            },
             Err(e) => {
                 backoff.fail(store, &format!("upload {key}"), &e);
                 continue;
@@ -219,7 +241,7 @@ fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
     }
 }
 
-/// Exponential backoff with jitter between failed storage calls: 50 ms doubling to 5 s.
+/// Exponential backoff with jitter between failed storage calls: 20 ms doubling to 5 s.
 #[derive(Default)]
 struct Backoff {
     failures: u32,
@@ -228,7 +250,7 @@ struct Backoff {
 impl Backoff {
     fn fail(&mut self, store: &dyn Store, what: &str, e: &Error) {
         self.failures += 1;
-        let base = Duration::from_millis(50) * 2u32.pow(self.failures.min(7));
+        let base = Duration::from_millis(10) * 2u32.pow(self.failures.min(9));
         let delay = base.min(Duration::from_secs(5));
         // Jitter from the clock's nanoseconds: replicas failing together retry apart.
         let jitter = Duration::from_nanos(u64::from(std::time::SystemTime::now()
@@ -252,6 +274,40 @@ fn upload(store: &dyn Store, root: &Path, replica: usize, key: FileKey, local: &
         .and_then(|()| store.put(key, &tmp));
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Whether the replica's file at `key` is exactly what uploading `local` would store.
+fn same_as_remote(store: &dyn Store, root: &Path, replica: usize, key: FileKey, local: &Path) -> Result<bool> {
+    let tmp = root.join(format!(".compare-{replica}-{}", key.file_name()));
+    let result = (|| {
+        replica_form::to_litestream_form(local, &tmp)?;
+        let mine = std::fs::File::open(&tmp).map_err(|e| Error::io(format!("open {}", tmp.display()), e))?;
+        same_bytes(std::io::BufReader::new(mine), store.open(key)?)
+            .map_err(|e| Error::io(format!("compare {key}"), e))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn same_bytes(mut a: impl std::io::Read, mut b: impl std::io::Read) -> std::io::Result<bool> {
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        let mut got = 0;
+        while got < n {
+            let m = b.read(&mut y[got..n])?;
+            if m == 0 {
+                return Ok(false);
+            }
+            got += m;
+        }
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// The oldest local file past `remote`.
