@@ -26,9 +26,12 @@ impl Read for Chunked<'_> {
     }
 }
 
+/// Pages read `(pgno, bytes)` and whether `finish` succeeded.
+type Streamed = (Vec<(u32, Vec<u8>)>, bool);
+
 /// Streams a decoder to the end: header, every page, `finish` (twice: the second call
 /// must return the same trailer). Returns the pages read and whether `finish` succeeded.
-fn stream<R: Read>(r: R) -> Option<(Vec<(u32, Vec<u8>)>, bool)> {
+fn stream<R: Read>(r: R) -> Option<Streamed> {
     let mut dec = Decoder::new(r).ok()?;
     let page_size = dec.header().page_size as usize;
     let mut pages = Vec::new();

@@ -146,8 +146,20 @@ enum Ended {
 fn check_stopped(p: &mut Proc, status: ExitStatus, fiu: bool) -> String {
     let log = p.log_text();
     if fiu && log.contains("failed printing to stderr") {
-        eprintln!("note: fiu failed walship's own write to stderr; its exit ({status}) is not judged");
+        eprintln!(
+            "note: fiu failed walship's own write to stderr; exit ({status}) not judged; log:\n{}",
+            short_tail(&log)
+        );
         return "error: (stderr write failed under injection)".into();
+    }
+    // notify's inotify watcher unwraps the write to its event-loop eventfd when dropped;
+    // fiu fails that write too (a real disk never can).
+    if fiu && log.contains("notify") && log.contains("inotify.rs") && log.contains("panicked") {
+        eprintln!(
+            "note: fiu failed notify's eventfd write (panic in its Drop); exit ({status}) not judged; log:\n{}",
+            short_tail(&log)
+        );
+        return "error: (notify eventfd write failed under injection)".into();
     }
     assert!(!status.success(), "walship exited 0 by itself; log:\n{}", short_tail(&log));
     assert!(!log.contains("panicked"), "walship panicked; log:\n{}", short_tail(&log));
@@ -179,6 +191,8 @@ fn end_run(p: &mut Proc, wait: Duration, fiu: bool) -> Ended {
 /// when the replica has no file yet).
 #[track_caller]
 fn restore_prefix(replica: &Path, out: &Path, db: &Path) -> u64 {
+    assert_ltx_files_decode(replica);
+    assert_ltx_files_decode(&local_dir(db));
     if newest_txid(replica) == 0 {
         return 0;
     }
@@ -189,6 +203,32 @@ fn restore_prefix(replica: &Path, out: &Path, db: &Path) -> u64 {
     let primary = seq_rows(db);
     assert!(k <= primary, "restored {k} rows, the primary has only {primary}");
     k
+}
+
+/// The local state folder of `db`.
+fn local_dir(db: &Path) -> PathBuf {
+    db.with_file_name(format!(".{}-walship", db.file_name().unwrap().to_string_lossy()))
+}
+
+/// Every published LTX file under `root/ltx/<level>/` (temporary files start with a dot
+/// and are skipped) must decode completely, checksums included: walship may stop
+/// anywhere, but must never leave a torn file under a final name, locally or in the
+/// replica. Call only while no replicator runs.
+#[track_caller]
+fn assert_ltx_files_decode(root: &Path) {
+    let Ok(levels) = std::fs::read_dir(root.join("ltx")) else { return };
+    for level in levels.flatten() {
+        for f in std::fs::read_dir(level.path()).into_iter().flatten().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !name.ends_with(".ltx") {
+                continue;
+            }
+            let bytes = std::fs::read(f.path()).unwrap();
+            if let Err(e) = ltx::decode_all(&bytes) {
+                panic!("{} does not decode: {e}", f.path().display());
+            }
+        }
+    }
 }
 
 /// After the faults: a fresh replicator on a healthy disk must bring the replica level
@@ -271,7 +311,10 @@ fn enospc(state_only: bool) {
         }
         Ended::Stopped(line) => {
             assert!(
-                line.contains("space") || line.contains("full") || line.contains("ENOSPC") || line.contains("os error 28"),
+                line.contains("space")
+                    || line.contains("full")
+                    || line.contains("ENOSPC")
+                    || line.contains("os error 28"),
                 "the error does not say the disk is full: {line}"
             );
             let k = restore_prefix(&replica, &out, &db);
