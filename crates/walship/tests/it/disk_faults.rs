@@ -182,7 +182,8 @@ fn end_run(p: &mut Proc, wait: Duration, fiu: bool) -> Ended {
     if let Some(status) = p.wait_timeout(wait) {
         return Ended::Stopped(check_stopped(p, status, fiu));
     }
-    let status = p.interrupt(Duration::from_secs(20));
+    // A stop waits up to 30 s (walship's drain) for the replicas to take the last files.
+    let status = p.interrupt(Duration::from_secs(45));
     Ended::Survived(status)
 }
 
@@ -265,7 +266,9 @@ fn recover_and_compare(db: &Path, replica: &Path, log: &Path, out: &Path) {
 /// checkpoints hit the full disk too).
 fn enospc(state_only: bool) {
     let tmp = tempdir();
-    let Some(_mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "3m") else { return };
+    // Big enough for the database and its WAL at their natural size (walship checkpoints
+    // at 1000 frames: about 4 MiB of WAL), so the disk is full only while the filler is.
+    let Some(_mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "8m") else { return };
     let mnt = tmp.path().join("mnt");
     let db = if state_only {
         let state = mnt.join("state");
