@@ -71,7 +71,7 @@ pub fn create_dir_all(dir: &Path) -> Result<()> {
 pub fn sync(file: &File, path: &Path) -> Result<()> {
     file.sync_all().map_err(|e| Error::Durability {
         path: path.to_path_buf(),
-        source: e,
+        cause: e,
     })
 }
 

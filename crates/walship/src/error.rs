@@ -9,21 +9,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    // The causes below are part of each message and deliberately not `#[source]`s:
+    // the CLI prints the whole chain, which would repeat them.
     /// An I/O operation failed; `what` says which.
-    #[error("{what}: {source}")]
+    #[error("{what}: {cause}")]
     Io {
         /// What was being done.
         what: String,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// fsync failed: the data may not be on disk. Replication of the database stops.
-    #[error("fsync of {path} failed ({source}); stopping, because data may not be on disk")]
+    #[error("fsync of {path} failed ({cause}); stopping, because data may not be on disk")]
     Durability {
         /// The file or folder whose fsync failed.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A file that must never be overwritten already exists.
     #[error("{0} already exists")]
@@ -35,12 +37,12 @@ pub enum Error {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// An LTX file is malformed or fails its checksums.
-    #[error("{file}: {source}")]
+    #[error("{file}: {cause}")]
     Ltx {
         /// Which file.
         file: String,
         /// What is wrong with it.
-        source: ltx::Error,
+        cause: ltx::Error,
     },
     /// The database cannot be replicated as it is (not SQLite, not WAL, ...).
     #[error("{0}")]
@@ -58,12 +60,12 @@ pub enum Error {
 
 impl Error {
     /// An I/O error with a description of what was being done.
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { what: what.into(), source }
+    pub fn io(what: impl Into<String>, cause: std::io::Error) -> Self {
+        Error::Io { what: what.into(), cause }
     }
 
     /// An LTX format error in the named file.
-    pub fn ltx(file: impl Into<String>, source: ltx::Error) -> Self {
-        Error::Ltx { file: file.into(), source }
+    pub fn ltx(file: impl Into<String>, cause: ltx::Error) -> Self {
+        Error::Ltx { file: file.into(), cause }
     }
 }

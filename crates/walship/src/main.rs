@@ -1,5 +1,6 @@
 //! The `walship` command line.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,7 +94,8 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Never panic over a closed stderr: the exit code still tells.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -122,7 +124,8 @@ fn run(command: Command) -> anyhow::Result<()> {
             let store = store::open(&replica)?;
             let started = std::time::Instant::now();
             let report = restore::restore(store.as_ref(), target, &output, force, check)?;
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "restored {} at TXID {} ({} files, {} bytes, checksum {}) in {:.2?}",
                 output.display(),
                 report.txid,
@@ -134,7 +137,6 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ltx { replica } => {
-            use std::io::Write;
             let store = store::open(&replica)?;
             let files = store::list_all(store.as_ref())?;
             let mut out = std::io::stdout().lock();
