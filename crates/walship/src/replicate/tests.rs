@@ -70,6 +70,9 @@ fn a_failing_replica_holds_up_neither_capture_nor_the_other_replica() {
     let dir = tempfile::tempdir().unwrap();
     let db = database(dir.path());
     let good = dir.path().join("good");
+    // A first run leaves local state, so the next start need not list the dead replica.
+    let spec = DbSpec::new(db.clone(), vec![Box::new(FolderStore::new(good.clone()))]);
+    replicate_while_writing(&db, spec, 5).unwrap();
     let dead = FaultyStore::new(
         Box::new(FolderStore::new(dir.path().join("dead"))),
         Faults { fail: 1.0, ..Faults::default() },
@@ -84,6 +87,29 @@ fn a_failing_replica_holds_up_neither_capture_nor_the_other_replica() {
     // The files the dead replica lacks stay local, for the next start.
     let local = crate::local::list(&LocalDir::path_for(&db.canonicalize().unwrap()), 0).unwrap();
     assert!(local.len() > 10, "only {} local files kept for the dead replica", local.len());
+}
+
+#[test]
+fn without_local_state_a_start_waits_for_the_replicas_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(dir.path());
+    let replica = dir.path().join("replica");
+    let spec = DbSpec::new(db.clone(), vec![Box::new(FolderStore::new(replica.clone()))]);
+    replicate_while_writing(&db, spec, 20).unwrap();
+    let before = FolderStore::new(replica.clone()).list(0).unwrap().len();
+    // The state folder is lost (a new machine): numbering must continue the replica's.
+    std::fs::remove_dir_all(LocalDir::path_for(&db.canonicalize().unwrap())).unwrap();
+    let flaky = FaultyStore::new(
+        Box::new(FolderStore::new(replica.clone())),
+        Faults { first: 3, ..Faults::default() },
+    );
+    replicate_while_writing(&db, DbSpec::new(db.clone(), vec![Box::new(flaky)]), 150).unwrap();
+    let files = FolderStore::new(replica.clone()).list(0).unwrap();
+    assert!(files.len() > before);
+    for pair in files.windows(2) {
+        assert_eq!(pair[0].key.max.0 + 1, pair[1].key.min.0, "gap or overlap: {pair:?}");
+    }
+    assert_eq!(restored_rows(&replica), rows(&db));
 }
 
 #[test]

@@ -23,6 +23,8 @@ pub struct Faults {
     pub lost: f64,
     /// Fail every Nth call (0 = never).
     pub every: u64,
+    /// Fail the first N calls (an outage at start).
+    pub first: u64,
     /// Latency added to every call.
     pub latency: Duration,
     /// Seed of the fault sequence.
@@ -30,7 +32,7 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Parses `fail=0.3,lost=0.1,every=5,latency_ms=5,seed=7` (any subset).
+    /// Parses `fail=0.3,lost=0.1,every=5,first=3,latency_ms=5,seed=7` (any subset).
     pub fn parse(spec: &str) -> Result<Faults> {
         let mut f = Faults::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -42,6 +44,7 @@ impl Faults {
                 "fail" => f.fail = v.parse().map_err(|_| bad())?,
                 "lost" => f.lost = v.parse().map_err(|_| bad())?,
                 "every" => f.every = v.parse().map_err(|_| bad())?,
+                "first" => f.first = v.parse().map_err(|_| bad())?,
                 "latency_ms" => f.latency = Duration::from_millis(v.parse().map_err(|_| bad())?),
                 "seed" => f.seed = v.parse().map_err(|_| bad())?,
                 _ => return Err(Error::Invalid(format!("store faults: unknown key {k:?}"))),
@@ -80,7 +83,7 @@ impl FaultyStore {
         };
         let (a, b) = (draw(), draw());
         let nth = self.faults.every > 0 && s.0 % self.faults.every == 0;
-        (nth || a < self.faults.fail, b)
+        (nth || s.0 <= self.faults.first || a < self.faults.fail, b)
     }
 
     fn fault(what: &str) -> Error {
@@ -152,7 +155,7 @@ mod tests {
     #[test]
     fn specs_parse_and_bad_ones_are_refused() {
         let f = Faults::parse("fail=0.25, lost=0.1,every=3,latency_ms=2,seed=9").unwrap();
-        assert_eq!(f, Faults { fail: 0.25, lost: 0.1, every: 3, latency: Duration::from_millis(2), seed: 9 });
+        assert_eq!(f, Faults { fail: 0.25, lost: 0.1, every: 3, latency: Duration::from_millis(2), seed: 9, first: 0 });
         for bad in ["fail", "fail=x", "bogus=1"] {
             assert!(Faults::parse(bad).is_err(), "{bad}");
         }
