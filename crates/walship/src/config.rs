@@ -1,5 +1,5 @@
 //! The YAML configuration. It accepts Litestream's `litestream.yml` keys for databases
-//! and file replicas, with `$VAR` / `${VAR}` expansion from the environment:
+//! and file and object-storage replicas, with `$VAR` / `${VAR}` expansion from the environment:
 //!
 //! ```yaml
 //! dbs:
@@ -11,6 +11,14 @@
 //!     replicas:           # several replicas (walship extension; Litestream 0.3 style)
 //!       - url: file:///backups/other
 //!       - path: /mnt/nfs/other
+//!   - path: /data/third.db
+//!     replica:            # object storage, Litestream's keys
+//!       type: s3          # or abs (account-name, account-key, bucket = container), gs
+//!       bucket: my-bucket
+//!       path: third
+//!       endpoint: http://127.0.0.1:9000   # S3-compatibles; optional
+//!       region: us-east-1
+//!       force-path-style: true
 //! ```
 
 use std::path::PathBuf;
@@ -62,35 +70,130 @@ pub struct DbConfig {
 }
 
 /// One replica destination.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ReplicaConfig {
-    /// `file` (the default when `path` is given).
+    /// `file` (the default when `path` is given), `s3`, `abs` or `gs`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    /// Folder of a file replica.
+    /// Folder of a file replica; key prefix of an object-storage replica.
     #[serde(default)]
     pub path: Option<String>,
-    /// A replica URL (`file:///…`).
+    /// A replica URL (`file:///…`, `s3://…`, `abs://…`, `gs://…`).
     #[serde(default)]
     pub url: Option<String>,
     /// Litestream's optional replica name; used in messages only.
     #[serde(default)]
     pub name: Option<String>,
+    /// S3 / GCS bucket, or Azure container.
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Endpoint URL (S3-compatibles, Azurite).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3 region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 path-style requests.
+    #[serde(default)]
+    pub force_path_style: Option<bool>,
+    /// S3 access key id (else from the environment).
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// S3 secret access key (else from the environment).
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Azure storage account.
+    #[serde(default)]
+    pub account_name: Option<String>,
+    /// Azure account key (else from the environment).
+    #[serde(default)]
+    pub account_key: Option<String>,
+}
+
+impl std::fmt::Debug for ReplicaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print secrets.
+        f.debug_struct("ReplicaConfig")
+            .field("kind", &self.kind)
+            .field("path", &self.path)
+            .field("url", &self.url.as_deref().map(|u| u.split('?').next().unwrap_or_default()))
+            .field("name", &self.name)
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("account_name", &self.account_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ReplicaConfig {
-    /// The replica argument this entry stands for (a folder path or URL).
+    /// The replica argument this entry stands for (a folder path or URL). Object-storage
+    /// keys become the URL's query (which may then hold secrets: never log it whole).
     pub fn location(&self) -> Result<String> {
+        let object_kind = matches!(self.kind.as_deref(), Some("s3" | "abs" | "gs" | "gcs"));
         match (&self.url, &self.path, self.kind.as_deref()) {
             (Some(_), Some(_), _) => Err(Error::Invalid("a replica has both `url` and `path`; give one".into())),
-            (Some(url), None, _) => Ok(url.clone()),
-            (None, Some(path), None | Some("file")) => Ok(path.clone()),
+            (Some(url), None, _) => self.add_object_keys(url),
+            (None, path, Some(kind)) if object_kind => {
+                let bucket = self.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "a replica of type {kind} needs `bucket`{}",
+                        if kind == "abs" { " (the container)" } else { "" }
+                    ))
+                })?;
+                let host = if kind == "abs" {
+                    let account = self.account_name.as_deref().filter(|a| !a.is_empty()).ok_or_else(|| {
+                        Error::Invalid("a replica of type abs needs `account-name`".into())
+                    })?;
+                    format!("{account}@{bucket}")
+                } else {
+                    bucket.to_string()
+                };
+                let scheme = if kind == "gcs" { "gs" } else { kind };
+                let mut url = url::Url::parse(&format!("{scheme}://{host}/"))
+                    .map_err(|e| Error::Invalid(format!("replica bucket {bucket:?}: {e}")))?;
+                url.set_path(path.as_deref().unwrap_or_default().trim_start_matches('/'));
+                self.add_object_keys(url.as_str())
+            }
+            (None, Some(path), None | Some("file")) => {
+                // Object-storage keys on a folder replica are a mistake worth reporting.
+                self.add_object_keys("file:///")?;
+                Ok(path.clone())
+            }
             (None, Some(_), Some(other)) => Err(Error::Invalid(format!(
-                "replica type {other:?} is not supported yet (supported: file)"
+                "replica type {other:?} is not supported (supported: file, s3, abs, gs)"
             ))),
             (None, None, _) => Err(Error::Invalid("a replica needs `path` or `url`".into())),
         }
+    }
+
+    /// Appends the object-storage keys given in the config to a URL's query.
+    fn add_object_keys(&self, url: &str) -> Result<String> {
+        let pairs = [
+            ("endpoint", self.endpoint.clone()),
+            ("region", self.region.clone()),
+            ("force-path-style", self.force_path_style.map(|b| b.to_string())),
+            ("access-key-id", self.access_key_id.clone()),
+            ("secret-access-key", self.secret_access_key.clone()),
+            ("account-key", self.account_key.clone()),
+        ];
+        let given: Vec<(&str, String)> =
+            pairs.into_iter().filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v))).collect();
+        if given.is_empty() {
+            return Ok(url.to_string());
+        }
+        let mut parsed = url::Url::parse(url).map_err(|_| {
+            Error::Invalid(format!("replica keys {:?} need an object-storage replica (type s3, abs or gs)", given[0].0))
+        })?;
+        if !matches!(parsed.scheme(), "s3" | "abs" | "gs" | "gcs" | "az" | "azure") {
+            return Err(Error::Invalid(format!(
+                "replica key {:?} needs an object-storage replica (type s3, abs or gs)",
+                given[0].0
+            )));
+        }
+        parsed.query_pairs_mut().extend_pairs(given);
+        Ok(parsed.to_string())
     }
 }
 
@@ -172,11 +275,67 @@ mod tests {
     }
 
     #[test]
+    fn litestream_object_storage_replicas_become_urls() {
+        let c = parse(
+            r#"
+dbs:
+  - path: /a.db
+    replica:
+      type: s3
+      bucket: bkt
+      path: /db/a b
+      endpoint: http://127.0.0.1:9000
+      region: us-east-1
+      force-path-style: true
+      access-key-id: AK
+      secret-access-key: S/K+1=
+  - path: /b.db
+    replica:
+      type: abs
+      account-name: devstoreaccount1
+      account-key: a2V5
+      bucket: cont
+      path: b
+      endpoint: http://127.0.0.1:10000/devstoreaccount1
+  - path: /c.db
+    replica:
+      type: gs
+      bucket: gbkt
+      path: c
+  - path: /d.db
+    replica:
+      url: s3://bkt/d
+      region: eu-west-1
+"#,
+        )
+        .unwrap();
+        let spec = |i: usize| {
+            crate::store::object::Spec::parse(&c.dbs[i].replica_locations().unwrap()[0]).unwrap()
+        };
+        let s3 = spec(0);
+        assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("bkt", "db/a b"));
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!((s3.access_key_id.as_deref(), s3.secret_access_key.as_deref()), (Some("AK"), Some("S/K+1=")));
+        assert!(s3.force_path_style);
+        let abs = spec(1);
+        assert_eq!((abs.account.as_deref(), abs.bucket.as_str(), abs.prefix.as_str()), (Some("devstoreaccount1"), "cont", "b"));
+        assert_eq!(abs.account_key.as_deref(), Some("a2V5"));
+        assert_eq!(abs.endpoint.as_deref(), Some("http://127.0.0.1:10000/devstoreaccount1"));
+        let gs = spec(2);
+        assert_eq!((gs.bucket.as_str(), gs.prefix.as_str()), ("gbkt", "c"));
+        let d = spec(3);
+        assert_eq!((d.bucket.as_str(), d.region.as_deref()), ("bkt", Some("eu-west-1")));
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_a_reason() {
         for (text, needle) in [
             ("dbs: []\n", "no database"),
             ("dbs:\n  - path: /a.db\n", "no replica"),
             ("dbs:\n  - path: /a.db\n    replica:\n      type: s4\n      path: x\n", "not supported"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: s3\n      path: x\n", "needs `bucket`"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: abs\n      bucket: c\n", "account-name"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      region: r\n", "object-storage"),
             ("dbs:\n  - path: /a.db\n    bogus: 1\n", "bogus"),
             ("dbs:\n  - path: $WALSHIP_SURELY_UNSET_VAR\n", "not set"),
             ("dbs: [\n", "config"),

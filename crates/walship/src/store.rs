@@ -3,11 +3,14 @@
 //! - [`Store`]: the trait every backend implements.
 //! - [`FileKey`] / [`FileInfo`]: which file, and what a listing says about it.
 //! - [`folder`]: a local or NFS folder (`<dir>/ltx/<level>/<min>-<max>.ltx`).
+//! - [`object`]: S3 (and S3-compatibles), Azure Blob Storage and GCS.
 //! - [`faulty`]: a wrapper that injects failures and latency, for tests.
-//! - [`open`]: turns a replica argument (path or `file://` URL) into a store.
+//! - [`open`]: turns a replica argument (path, `file://`, `s3://`, `abs://`, `gs://` URL)
+//!   into a store.
 
 pub mod faulty;
 pub mod folder;
+pub mod object;
 
 use std::fmt;
 use std::io::Read;
@@ -103,8 +106,14 @@ pub fn list_all(store: &dyn Store) -> Result<Vec<FileInfo>> {
     Ok(all)
 }
 
-/// Opens the store a replica argument names: a folder path or a `file://` URL.
+/// Opens the store a replica argument names: a folder path, a `file://` URL, or an
+/// object-storage URL (`s3://`, `abs://`, `gs://`; see [`object`]).
 pub fn open(arg: &str) -> Result<Box<dyn Store>> {
+    if let Some((scheme, _)) = arg.split_once("://")
+        && matches!(scheme, "s3" | "abs" | "az" | "azure" | "gs" | "gcs")
+    {
+        return Ok(Box::new(object::ObjectStore::open(arg)?));
+    }
     let path = if let Some(rest) = arg.strip_prefix("file://") {
         if !rest.starts_with('/') {
             return Err(Error::Invalid(format!(
@@ -114,7 +123,7 @@ pub fn open(arg: &str) -> Result<Box<dyn Store>> {
         PathBuf::from(rest)
     } else if let Some((scheme, _)) = arg.split_once("://") {
         return Err(Error::Invalid(format!(
-            "replica URL {arg:?}: scheme {scheme:?} is not supported yet (use a folder path or file://)"
+            "replica URL {arg:?}: scheme {scheme:?} is not supported (use a folder path, file://, s3://, abs:// or gs://)"
         )));
     } else if arg.is_empty() {
         return Err(Error::Invalid("replica path is empty".into()));

@@ -5,6 +5,7 @@ mod cli_errors;
 mod disk_faults;
 mod fuzz_replay;
 mod litestream;
+mod object_store;
 mod replicate;
 mod restore;
 mod support;

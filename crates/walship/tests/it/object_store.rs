@@ -1,0 +1,317 @@
+//! Object-storage replicas against real servers on 127.0.0.1: moto (S3) and azurite
+//! (Azure Blob), started by `scripts/test-servers` (which `scripts/test` runs). Without
+//! their variables (`WALSHIP_TEST_S3_ENDPOINT`, `WALSHIP_TEST_AZURE_ENDPOINT`) these tests
+//! print a note and pass, so a bare `cargo test` still works.
+//!
+//! Credentials are always explicit and fake; nothing but 127.0.0.1 is contacted.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ltx::TxId;
+use walship::Error;
+use walship::store::{self, FileKey, Store};
+
+use crate::support::*;
+use crate::workload::{SCHEMA, UNTIL_STOPPED};
+
+const SECS: Duration = Duration::from_secs(1);
+/// Azurite's documented development account key.
+const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A prefix no other test (or earlier run) uses.
+fn unique(name: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    format!("it/{name}-{}-{nanos}", std::process::id())
+}
+
+fn var(name: &str) -> Option<String> {
+    let v = std::env::var(name).ok().filter(|v| !v.is_empty());
+    if v.is_none() {
+        println!("skipped: {name} is not set (scripts/test starts the test servers and sets it)");
+    }
+    v
+}
+
+struct S3 {
+    endpoint: String,
+    bucket: String,
+}
+
+fn s3() -> Option<S3> {
+    let endpoint = var("WALSHIP_TEST_S3_ENDPOINT")?;
+    let bucket = std::env::var("WALSHIP_TEST_S3_BUCKET").unwrap_or_else(|_| "walship-test".into());
+    Some(S3 { endpoint, bucket })
+}
+
+impl S3 {
+    fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://{}/{prefix}?endpoint={}&region=us-east-1&force-path-style=true&access-key-id=test&secret-access-key=test",
+            self.bucket, self.endpoint
+        )
+    }
+}
+
+fn azure_url(prefix: &str) -> Option<String> {
+    let endpoint = var("WALSHIP_TEST_AZURE_ENDPOINT")?;
+    let container = std::env::var("WALSHIP_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "walship-test".into());
+    let key: String = url_encode(AZURITE_KEY);
+    Some(format!("abs://devstoreaccount1@{container}/{prefix}?endpoint={endpoint}&account-key={key}"))
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn key(level: u8, min: u64, max: u64) -> FileKey {
+    FileKey { level, min: TxId(min), max: TxId(max) }
+}
+
+/// Deterministic, incompressible-enough bytes.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn read_all_small_reads(mut r: Box<dyn Read + Send>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 7919]; // odd size: chunk boundaries never line up
+    loop {
+        let n = r.read(&mut buf).expect("read");
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The contract of [`Store`], run against every backend.
+fn conformance(store: &dyn Store, scratch: &Path) {
+    let what = store.describe();
+    store.init().unwrap_or_else(|e| panic!("{what}: init: {e}"));
+    assert!(store.list(0).unwrap().is_empty(), "{what}: a fresh replica lists nothing");
+
+    let put = |k: FileKey, data: &[u8]| {
+        let local = scratch.join(format!("{}-{}-{}", k.level, k.min, k.max));
+        std::fs::write(&local, data).unwrap();
+        store.put(k, &local)
+    };
+    // Out of order; sizes differ so the listing's sizes are checked too.
+    for (i, k) in [key(0, 3, 3), key(0, 1, 1), key(0, 2, 2), key(0, 1, 2), key(9, 1, 3)].into_iter().enumerate() {
+        put(k, &bytes(100 + i, i as u64)).unwrap_or_else(|e| panic!("{what}: put {k}: {e}"));
+    }
+    let listed: Vec<(FileKey, u64)> = store.list(0).unwrap().iter().map(|f| (f.key, f.size)).collect();
+    assert_eq!(
+        listed,
+        [(key(0, 1, 1), 101), (key(0, 1, 2), 103), (key(0, 2, 2), 102), (key(0, 3, 3), 100)],
+        "{what}: level 0 sorted by (min, max)"
+    );
+    assert_eq!(store.list(9).unwrap().iter().map(|f| f.key).collect::<Vec<_>>(), [key(9, 1, 3)], "{what}");
+    assert!(store.list(1).unwrap().is_empty(), "{what}: an empty level");
+    assert_eq!(store::list_all(store).unwrap().len(), 5, "{what}");
+
+    // Never overwrite.
+    match put(key(0, 2, 2), b"other") {
+        Err(Error::AlreadyExists(_)) => {}
+        r => panic!("{what}: second put of a key gave {r:?}"),
+    }
+    assert_eq!(read_all_small_reads(store.open(key(0, 2, 2)).unwrap()), bytes(102, 2), "{what}: first put kept");
+
+    // Multi-MB objects stream back intact: one below and one above the single-PUT size.
+    for (k, n) in [(key(1, 1, 3), 3 << 20), (key(9, 4, 4), (17 << 20) + 12345)] {
+        let data = bytes(n, n as u64);
+        put(k, &data).unwrap_or_else(|e| panic!("{what}: put {n} bytes: {e}"));
+        assert_eq!(store.list(k.level).unwrap().iter().find(|f| f.key == k).map(|f| f.size), Some(n as u64));
+        let got = read_all_small_reads(store.open(k).unwrap());
+        assert!(got == data, "{what}: {n}-byte object read back differently ({} bytes)", got.len());
+        assert!(matches!(put(k, b"x"), Err(Error::AlreadyExists(_))), "{what}: big object overwritten");
+    }
+
+    match store.open(key(0, 7, 7)) {
+        Err(Error::NotFound(_)) => {}
+        Err(e) => panic!("{what}: open of a missing key gave {e:?}"),
+        Ok(_) => panic!("{what}: open of a missing key succeeded"),
+    }
+
+    store.delete(key(0, 1, 2)).unwrap();
+    store.delete(key(0, 1, 2)).unwrap(); // missing: not an error
+    assert_eq!(
+        store.list(0).unwrap().iter().map(|f| f.key).collect::<Vec<_>>(),
+        [key(0, 1, 1), key(0, 2, 2), key(0, 3, 3)],
+        "{what}: after delete"
+    );
+
+    assert_eq!(store.get_meta("walship/checksums/x").unwrap(), None, "{what}");
+    store.put_meta("walship/checksums/x", b"one").unwrap();
+    assert_eq!(store.get_meta("walship/checksums/x").unwrap().as_deref(), Some(&b"one"[..]), "{what}");
+    store.put_meta("walship/checksums/x", b"two, longer").unwrap();
+    assert_eq!(store.get_meta("walship/checksums/x").unwrap().as_deref(), Some(&b"two, longer"[..]), "{what}");
+    // walship's own objects never show up as LTX files.
+    assert_eq!(store::list_all(store).unwrap().len(), 6, "{what}");
+    store.init().unwrap();
+}
+
+#[test]
+fn conformance_folder() {
+    let dir = tempdir();
+    let store = store::open(s(&dir.path().join("replica"))).unwrap();
+    conformance(store.as_ref(), dir.path());
+}
+
+#[test]
+fn conformance_s3() {
+    let Some(s3) = s3() else { return };
+    let dir = tempdir();
+    let store = store::open(&s3.url(&unique("conformance"))).unwrap();
+    conformance(store.as_ref(), dir.path());
+}
+
+#[test]
+fn conformance_azure() {
+    let Some(url) = azure_url(&unique("conformance")) else { return };
+    let dir = tempdir();
+    let store = store::open(&url).unwrap();
+    conformance(store.as_ref(), dir.path());
+}
+
+/// A missing bucket or container stops `init` with one line that names it.
+#[test]
+fn missing_bucket_or_container_is_a_clear_error() {
+    let mut urls = Vec::new();
+    if let Some(s3) = s3() {
+        urls.push(S3 { bucket: "walship-no-such-bucket".into(), ..s3 }.url("x"));
+    }
+    if let Some(url) = azure_url("x") {
+        urls.push(url.replacen("@walship-test/", "@walship-no-such-container/", 1).replacen(
+            &format!("@{}/", std::env::var("WALSHIP_TEST_AZURE_CONTAINER").unwrap_or_default()),
+            "@walship-no-such-container/",
+            1,
+        ));
+    }
+    for url in urls {
+        let err = store::open(&url).unwrap().init().unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Invalid(_)), "{msg}");
+        assert!(msg.contains("walship-no-such-"), "{msg}");
+        assert!(!msg.contains('\n') && !msg.contains("secret") && !msg.contains(AZURITE_KEY), "{msg}");
+    }
+}
+
+/// `walship replicate DB s3://…` under a live writer, SIGINT, then `walship restore` from
+/// S3 equals the primary.
+#[test]
+fn replicate_to_s3_and_restore() {
+    let Some(s3) = s3() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let url = s3.url(&unique("e2e"));
+    let rep = Replicator::start(&db, &[&url]);
+    let stop = dir.path().join("stop");
+    let writer = Writer::start(UNTIL_STOPPED, &[s(&db), "7", s(&stop)]);
+    std::thread::sleep(2 * SECS);
+    std::fs::write(&stop, b"").unwrap();
+    writer.finish(20 * SECS);
+    exec(&db, "CREATE INDEX t_k ON t(k);");
+    rep.stop();
+    let files = walship_ltx(&url);
+    assert!(files.len() >= 2, "replica lists {} files", files.len());
+    assert_eq!(restore_hash(&url, &dir.path().join("restored.db"), &["--check", "full"], false), dump_hash(&db, false));
+}
+
+fn litestream_s3_config(db: &Path, s3: &S3, prefix: &str) -> String {
+    format!(
+        "dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: s3\n      bucket: {}\n      path: {prefix}\n      endpoint: {}\n      region: us-east-1\n      force-path-style: true\n      sync-interval: 100ms\n",
+        db.display(),
+        s3.bucket,
+        s3.endpoint
+    )
+}
+
+fn litestream(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("AWS_CA_BUNDLE")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+fn litestream_or_skip() -> Option<std::path::PathBuf> {
+    let bin = litestream_bin();
+    if bin.is_none() {
+        println!("skipped: litestream not installed");
+    }
+    bin
+}
+
+/// Litestream restores an S3 replica walship wrote.
+#[test]
+fn litestream_restores_walship_s3_replica() {
+    let Some(s3) = s3() else { return };
+    let Some(ls) = litestream_or_skip() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let prefix = unique("to-litestream");
+    let url = s3.url(&prefix);
+    let rep = Replicator::start(&db, &[&url]);
+    for i in 0..4 {
+        exec(&db, &format!("INSERT INTO t(w, k, v) VALUES (1, {i}, randomblob({}));", 10 + i * 3000));
+    }
+    exec(&db, "CREATE INDEX t_k ON t(k); DELETE FROM t WHERE k = 2;");
+    rep.stop();
+    let primary = dump_hash(&db, false);
+
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(&config, litestream_s3_config(&db, &s3, &prefix)).unwrap();
+    let out = dir.path().join("theirs.db");
+    let o = litestream(&ls).args(["restore", "-config", s(&config), "-o", s(&out), s(&db)]).output().expect("run litestream");
+    assert!(o.status.success(), "litestream restore of walship's S3 replica failed:\n{}{}", stdout(&o), stderr(&o));
+    let (hash, integrity) = db_check(&out, false);
+    assert_eq!(integrity, "ok");
+    assert_eq!(hash, primary, "litestream's restore of walship's S3 replica differs from the primary");
+}
+
+/// walship restores an S3 replica the real Litestream writes.
+#[test]
+fn walship_restores_litestream_s3_replica() {
+    let Some(s3) = s3() else { return };
+    let Some(ls) = litestream_or_skip() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let prefix = unique("from-litestream");
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(&config, litestream_s3_config(&db, &s3, &prefix)).unwrap();
+    let mut cmd = litestream(&ls);
+    cmd.args(["replicate", "-config", s(&config)]);
+    let mut lsp = Proc::spawn("litestream replicate", cmd, Some(dir.path().join("litestream.log")));
+    exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(10)), (1, 2, randomblob(500)), (1, 3, randomblob(6000));");
+    exec(&db, "UPDATE t SET v = randomblob(7000) WHERE k = 1; CREATE INDEX t_k ON t(k); DELETE FROM t WHERE k = 2;");
+    let primary = dump_hash(&db, true);
+    let url = s3.url(&prefix);
+    let out = dir.path().join("restored.db");
+    let ok = wait_until(20 * SECS, || {
+        let o = restore(&url, &out, &["--force", "--check", "full"]);
+        o.status.success() && dump_hash(&out, true) == primary
+    });
+    assert!(ok, "walship's restore from Litestream's S3 replica never matched the primary; litestream log:\n{}", lsp.log_text());
+    let status = lsp.interrupt(20 * SECS);
+    assert!(status.success() || status.code().is_none(), "litestream exited with {status}");
+}
