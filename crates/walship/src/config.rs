@@ -109,6 +109,38 @@ pub struct ReplicaConfig {
     /// Azure account key (else from the environment).
     #[serde(default)]
     pub account_key: Option<String>,
+    /// Litestream's tuning keys, accepted so that its configs load, and ignored:
+    /// uploads start at once, compaction and retention are walship's own, TLS is
+    /// always verified, and request signing and part sizes are the client's.
+    #[serde(default, rename = "sync-interval")]
+    pub _sync_interval: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "retention")]
+    #[doc(hidden)]
+    pub _retention: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "retention-check-interval")]
+    #[doc(hidden)]
+    pub _retention_check_interval: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "snapshot-interval")]
+    #[doc(hidden)]
+    pub _snapshot_interval: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "validation-interval")]
+    #[doc(hidden)]
+    pub _validation_interval: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "skip-verify")]
+    #[doc(hidden)]
+    pub _skip_verify: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "sign-payload")]
+    #[doc(hidden)]
+    pub _sign_payload: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "require-content-md5")]
+    #[doc(hidden)]
+    pub _require_content_md5: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "part-size")]
+    #[doc(hidden)]
+    pub _part_size: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "concurrency")]
+    #[doc(hidden)]
+    pub _concurrency: Option<serde::de::IgnoredAny>,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -289,6 +321,9 @@ dbs:
       force-path-style: true
       access-key-id: AK
       secret-access-key: S/K+1=
+      sync-interval: 1s
+      retention: 24h
+      snapshot-interval: 1h
   - path: /b.db
     replica:
       type: abs
