@@ -76,19 +76,26 @@ class Tool:
 
     def env(self):
         env = dict(os.environ)
+        env.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_EC2_METADATA_DISABLED="true")
         if self.kind == "litestream":
             env.pop("AWS_CA_BUNDLE", None)  # Litestream's S3 client refuses to start with it
             env["AWS_EC2_METADATA_DISABLED"] = "true"
         return env
 
     def replicate_cmd(self, db, replica, workdir):
+        s3 = not isinstance(replica, str)
         if self.kind == "walship":
-            return [self.binary, "replicate", db, replica]
+            return [self.binary, "replicate", db, replica.url() if s3 else replica]
         cfg = os.path.join(workdir, "litestream-%s.yml" % self.key)
         lines = ["dbs:", "  - path: %s" % db]
         if self.interval:
             lines.append("    monitor-interval: %s" % self.interval)
-        lines += ["    replica:", "      type: file", "      path: %s" % replica]
+        if s3:
+            lines += ["    replica:", "      type: s3", "      bucket: %s" % replica.server.BUCKET,
+                      "      path: %s" % replica.prefix, "      endpoint: %s" % replica.server.endpoint,
+                      "      region: us-east-1", "      force-path-style: true"]
+        else:
+            lines += ["    replica:", "      type: file", "      path: %s" % replica]
         if self.interval:
             lines.append("      sync-interval: %s" % self.interval)
         with open(cfg, "w") as f:
@@ -100,7 +107,7 @@ class Tool:
             cmd = [self.binary, "restore", "-o", out]
             if check:
                 cmd += ["--check", check]
-            return cmd + [replica]
+            return cmd + [replica if isinstance(replica, str) else replica.url()]
         return [self.binary, "restore", "-o", out, "file://" + os.path.abspath(replica)]
 
 
@@ -123,6 +130,8 @@ def proc_status_kib(pid, key):
 
 def ltx_max_txid(replica):
     """Highest max-TXID among `<replica>/ltx/0/*.ltx` (complete files only), 0 if none."""
+    if not isinstance(replica, str):
+        return replica.max_txid()
     best = 0
     try:
         names = os.listdir(os.path.join(replica, "ltx", "0"))
@@ -378,3 +387,150 @@ class Watcher(threading.Thread):
         for fd in (self.fd, self._halt_r, self._halt_w):
             if fd is not None:
                 os.close(fd)
+
+
+# ---------------------------------------------------------------------------- S3 (moto)
+
+class S3Server:
+    """A moto_server (S3) of our own on a free 127.0.0.1 port, with one bucket. moto logs
+    one line per request (werkzeug), which `requests()` counts. Found at
+    target/test-venv/bin/moto_server (installed by scripts/test-servers) or MOTO_SERVER."""
+
+    BUCKET = "walship-bench"
+    REQ_LINE = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/')
+
+    def __init__(self, root, workdir, timeout=30.0):
+        import socket
+        import urllib.request
+        binary = os.environ.get("MOTO_SERVER") or os.path.join(root, "target", "test-venv", "bin", "moto_server")
+        if not os.access(binary, os.X_OK):
+            raise RuntimeError("no moto_server at %s (scripts/test-servers start installs it)" % binary)
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.endpoint = "http://127.0.0.1:%d" % self.port
+        self.log = os.path.join(workdir, "moto.log")
+        self.proc = spawn([binary, "-H", "127.0.0.1", "-p", str(self.port)], self.log)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                req = urllib.request.Request("%s/%s" % (self.endpoint, self.BUCKET), method="PUT", data=b"")
+                urllib.request.urlopen(req, timeout=2)
+                break
+            except Exception as e:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("moto_server did not come up: %s" % e)
+                time.sleep(0.1)
+        self._n = 0
+
+    def replica(self, prefix):
+        return S3Replica(self, prefix)
+
+    def requests(self):
+        """{method: count} of every request moto has logged so far."""
+        out = {}
+        with open(self.log, "rb") as f:
+            for line in f:
+                m = self.REQ_LINE.search(line)
+                if m:
+                    out[m.group(1).decode()] = out.get(m.group(1).decode(), 0) + 1
+        return out
+
+    def stop(self):
+        p = self.proc
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        _children.discard(p)
+
+
+class S3Replica:
+    """A prefix in the bench bucket. L0 files are `<prefix>/0000/<min>-<max>.ltx` (the
+    Litestream 0.5 layout, which walship also writes). Listing is a plain ListObjectsV2
+    GET (moto does not check signatures), parsed with xml.etree."""
+
+    NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+    def __init__(self, server, prefix):
+        self.server, self.prefix = server, prefix.strip("/")
+        self.l0 = self.prefix + "/0000/"
+
+    def url(self):
+        return "s3://%s/%s?endpoint=%s&region=us-east-1&force-path-style=true" % (
+            self.server.BUCKET, self.prefix, self.server.endpoint)
+
+    def list_l0(self, start_after=None, conn=None):
+        """Returns (max TXID, last key) of the complete files in L0 listed after start_after."""
+        import http.client
+        import urllib.parse
+        import xml.etree.ElementTree as ET
+        q = {"list-type": "2", "prefix": self.l0}
+        if start_after:
+            q["start-after"] = start_after
+        path = "/%s?%s" % (self.server.BUCKET, urllib.parse.urlencode(q))
+        own = conn is None
+        if own:
+            conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            if own:
+                conn.close()
+        if resp.status != 200:
+            raise RuntimeError("S3 list %s: HTTP %d %s" % (path, resp.status, body[:200]))
+        best, last = 0, start_after
+        for c in ET.fromstring(body).iter(self.NS + "Contents"):
+            key = c.find(self.NS + "Key").text
+            m = LTX_NAME.match(key.rsplit("/", 1)[-1])
+            if m:
+                best = max(best, int(m.group(2), 16))
+                if last is None or key > last:
+                    last = key
+        return best, last
+
+    def max_txid(self):
+        return self.list_l0()[0]
+
+
+class S3Watcher(threading.Thread):
+    """Polls `<prefix>/0000/` every `poll` seconds (a ListObjectsV2 with start-after the
+    newest key seen, so answers stay small) and records (time the answer arrived, max
+    TXID) whenever the highest TXID grows. `rtt` collects each poll's round-trip time."""
+
+    def __init__(self, replica, poll=0.002):
+        super().__init__(daemon=True)
+        self.replica, self.poll = replica, poll
+        self.events, self.rtt = [], []
+        self._halt = threading.Event()
+        self.max, self.last = replica.list_l0()
+        self.method = "polling every %.0f ms" % (poll * 1000)
+
+    def run(self):
+        import http.client
+        while not self._halt.wait(self.poll):
+            conn = http.client.HTTPConnection("127.0.0.1", self.replica.server.port, timeout=10)
+            t0 = time.monotonic()
+            try:
+                m, last = self.replica.list_l0(self.last, conn)
+            except Exception:
+                continue
+            finally:
+                conn.close()
+            t = time.monotonic()
+            self.rtt.append(t - t0)
+            self.last = last
+            if m > self.max:
+                self.events.append((t, m))
+                self.max = m
+
+    def stop(self):
+        self._halt.set()
+        self.join()

@@ -130,6 +130,22 @@ def build_rows(raw, tools_run, notes):
         rows.append(("… peak RSS during it (MiB)",
                      per_tool(lambda k: summary([r["tools"][k]["sync_hwm_kib"] / 1024]) if k in r["tools"] else None), "≤20 MiB"))
 
+    # S3
+    s3l = raw.get("s3_lag", {})
+    if any(s3l.values()):
+        def s3_stat(fn):
+            return per_tool(lambda k: summary([fn(r) for r in s3l.get(k, [])]))
+        rows.append(("commit → restorable lag, local S3 (moto), median (ms)", s3_stat(lambda r: percentile(r["lags_ms"], 50)), "≤50 ms"))
+        rows.append(("… S3 lag p99 (ms)", s3_stat(lambda r: percentile(r["lags_ms"], 99)), ""))
+        rows.append(("… S3 lag max (ms)", s3_stat(lambda r: r["lags_ms"][-1] if r["lags_ms"] else None), ""))
+        rows.append(("… commits with no covering object", per_tool(lambda k: "%d / %d" % (
+            sum(r["missing"] for r in s3l.get(k, [])), sum(r["commits"] for r in s3l.get(k, []))) if s3l.get(k) else "failed"), "0"))
+    s3r = raw.get("s3_req", {})
+    if any(s3r.values()):
+        rows.append(("S3 requests per hour, idle (1 run)", per_tool(lambda k: summary([r["idle_req_per_h"] for r in s3r.get(k, [])])), ""))
+        rows.append(("S3 requests per hour at 10 tx/s (1 run)", per_tool(lambda k: summary([r["load_req_per_h"] for r in s3r.get(k, [])])), ""))
+        rows.append(("… of which PUT", per_tool(lambda k: summary([r["load_put_per_h"] for r in s3r.get(k, [])])), ""))
+
     # idle / load
     il = raw.get("idle", {})
     rows.append(("idle CPU, no writes (% of a core)", per_tool(lambda k: summary([r["idle_cpu_pct"] for r in il.get(k, [])])), "0 %"))
@@ -146,8 +162,9 @@ def markdown(meta, rows, tools_run, notes):
                % (meta["date"], meta["nproc"], meta["cpu"], meta["kernel"], meta["walship_commit"],
                   meta["litestream_version"], meta["sqlite_version"]))
     out.append("")
-    out.append("Command: `%s` (mode %s, %s runs each). Ratios matter more than absolute times."
-               % (meta["command"], meta["mode"], meta["runs"]))
+    out.append("Command: `%s` (mode %s, %s runs each). Load average (1/5/15 min) at start %s, at end %s. "
+               "Ratios matter more than absolute times."
+               % (meta["command"], meta["mode"], meta["runs"], meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?")))
     out.append("")
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join("---" for _ in head) + "|")

@@ -8,6 +8,9 @@ plain numbers, which `report.py` summarises over runs.
   CPU per MB of WAL, peak RSS, catch-up time after the writer stops.
 - `checkpoint`: the app's own `PRAGMA wal_checkpoint(TRUNCATE)` after bursts of writes.
 - `idle_load`: CPU and files written while idle, then files written at 10 tx/s.
+- `lag` with `s3=`: the same against a prefix in a local moto S3 bucket, seen by polling
+  the bucket listing.
+- `s3_requests`: S3 requests (from moto's log) while idle, then at 10 tx/s.
 - `restore`: restore time of a big database vs `cp` + fsync of the same file.
 """
 
@@ -17,7 +20,7 @@ import sqlite3
 import subprocess
 import time
 
-from harness import (App, Replicator, Watcher, create_db, dir_bytes, list_files, ltx_max_txid, run_timed)
+from harness import (App, Replicator, S3Watcher, Watcher, create_db, dir_bytes, list_files, ltx_max_txid, run_timed)
 
 
 class Ctx:
@@ -68,14 +71,16 @@ def _verify_restore(tool, replica, src_db, d):
 
 # ---------------------------------------------------------------------------- lag
 
-def lag(ctx, tool, seconds, rate=20.0):
-    d, db, rep = ctx.fresh("lag-" + tool.key)
+def lag(ctx, tool, seconds, rate=20.0, s3=None):
+    d, db, rep = ctx.fresh(("s3lag-" if s3 else "lag-") + tool.key)
+    if s3:
+        rep = s3.replica(os.path.basename(d))
     create_db(db)
     r = _start(ctx, tool, db, rep, d)
     try:
         app = App(db)
         time.sleep(0.1 + tool.settle)
-        w = Watcher(rep)
+        w = S3Watcher(rep) if s3 else Watcher(rep)
         w.start()
         cpu0, frames0 = r.cpu(), app.wal.frames
         commits = []  # (commit return time, highest TXID visible just before the commit)
@@ -83,7 +88,11 @@ def lag(ctx, tool, seconds, rate=20.0):
         t0 = time.monotonic()
         for i in range(n):
             _pace(t0, i, rate)
-            before = ltx_max_txid(rep)
+            if s3:  # the poller's view, then a listing of anything newer
+                known, after = w.max, w.last
+                before = max(known, rep.list_l0(after)[0])
+            else:
+                before = ltx_max_txid(rep)
             app.commit()
             commits.append((time.monotonic(), before))
             app.wal.update()
@@ -109,11 +118,16 @@ def lag(ctx, tool, seconds, rate=20.0):
         else:
             lags.append(max(0.0, ev_t[k] - t_commit) * 1000)
     lags.sort()
-    return {
+    res = {
         "commits": len(commits), "missing": missing, "lags_ms": [round(x, 3) for x in lags],
         "files_l0": len(w.events), "wal_bytes": shipped, "cpu_s": cpu1 - cpu0,
         "hwm_kib": hwm, "watch": w.method,
     }
+    if s3:
+        rtt = sorted(w.rtt)
+        res["poll_rtt_ms_median"] = rtt[len(rtt) // 2] * 1000 if rtt else None
+        res["polls"] = len(rtt)
+    return res
 
 
 # ---------------------------------------------------------------------------- throughput
@@ -213,6 +227,42 @@ def idle_load(ctx, tool, idle_s, load_s, rate=10.0):
         "load_s": t2 - t1, "load_files": len(load_new), "load_files_per_h": len(load_new) * 3600 / (t2 - t1),
         "load_ltx_files_per_h": len(load_ltx) * 3600 / (t2 - t1),
     }
+
+
+def s3_requests(ctx, tool, s3, idle_s, load_s, rate=10.0):
+    """S3 requests per hour (counted from moto's request log) while idle, then at 10 tx/s.
+    Nothing else talks to moto during the two windows."""
+    d, db, _ = ctx.fresh("s3req-" + tool.key)
+    rep = s3.replica(os.path.basename(d))
+    create_db(db)
+    r = _start(ctx, tool, db, rep, d)
+    try:
+        app = App(db)
+        t0 = time.monotonic()
+        for i in range(10):
+            _pace(t0, i, 20.0)
+            app.commit()
+        r.wait_quiet(quiet=0.5 + 2 * tool.settle, timeout=30)
+        time.sleep(0.2)
+        q0, t0 = s3.requests(), time.monotonic()
+        time.sleep(idle_s)
+        q1, t1 = s3.requests(), time.monotonic()
+        n = int(load_s * rate)
+        for i in range(n):
+            _pace(t1, i, rate)
+            app.commit()
+        _pace(t1, n, rate)
+        q2, t2 = s3.requests(), time.monotonic()
+        app.close()
+    finally:
+        _stop(r)
+
+    def diff(a, b):
+        return {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b) if b.get(k, 0) - a.get(k, 0)}
+    idle, load = diff(q0, q1), diff(q1, q2)
+    return {"idle_s": t1 - t0, "idle_req": idle, "idle_req_per_h": sum(idle.values()) * 3600 / (t1 - t0),
+            "load_s": t2 - t1, "load_req": load, "load_req_per_h": sum(load.values()) * 3600 / (t2 - t1),
+            "load_put_per_h": load.get("PUT", 0) * 3600 / (t2 - t1)}
 
 
 # ---------------------------------------------------------------------------- restore
