@@ -74,12 +74,36 @@ pub fn end(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Takes SQLite's write lock (`BEGIN IMMEDIATE`): no other connection can commit until
-/// [`end`]. It retries every 50 µs (SQLite's own busy handler sleeps for milliseconds
-/// and keeps missing the short gaps between a busy writer's transactions) until
-/// `wait` has passed or `give_way()` says to stop (another process runs a blocking
-/// checkpoint that waits for us: waiting for it in turn would be a deadlock). Returns
-/// false when it did not get the lock. The connection must have a zero busy timeout.
+/// Takes the WAL write lock that SQLite's writers take (`WAL_WRITE_LOCK`, byte 120 of
+/// the `-shm` file): no other process can commit until [`unlock_writers`]. It is taken
+/// directly rather than through `BEGIN IMMEDIATE`, whose read-then-lock sequence fails
+/// with `SQLITE_BUSY_SNAPSHOT` whenever a commit lands in between, which under a busy
+/// writer is nearly always. Retries every 20 µs until `wait` has passed or
+/// `give_way()` says to stop (another process runs a blocking checkpoint that waits
+/// for us: waiting for it in turn would be a deadlock). Returns false when it did not
+/// get the lock. `shm` must be open for writing, and stay open (see [`Capture`]).
+///
+/// [`Capture`]: crate::capture::Capture
+pub fn try_lock_writers(shm: &File, wait: Duration, give_way: impl Fn() -> bool) -> Result<bool> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match set_lock(shm, SHM_WRITE_LOCK, libc::F_WRLCK as libc::c_short) {
+            Ok(()) => return Ok(true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+                if std::time::Instant::now() >= deadline || give_way() {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            Err(e) => return Err(Error::io("lock the WAL's write lock in the -shm file", e)),
+        }
+    }
+}
+
+/// Takes SQLite's write lock through `BEGIN IMMEDIATE` on `conn` (a connection with a
+/// zero busy timeout), retrying every 50 µs until `wait` has passed or `give_way()`.
+/// Unlike [`try_lock_writers`] this holds back writers in this very process too (POSIX
+/// locks never conflict within a process; SQLite's own bookkeeping does).
 pub fn try_write_barrier(conn: &Connection, wait: Duration, give_way: impl Fn() -> bool) -> Result<bool> {
     let deadline = std::time::Instant::now() + wait;
     loop {
@@ -96,6 +120,26 @@ pub fn try_write_barrier(conn: &Connection, wait: Duration, give_way: impl Fn() 
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Releases the lock [`try_lock_writers`] took.
+pub fn unlock_writers(shm: &File) -> Result<()> {
+    set_lock(shm, SHM_WRITE_LOCK, libc::F_UNLCK as libc::c_short)
+        .map_err(|e| Error::io("unlock the WAL's write lock in the -shm file", e))
+}
+
+fn set_lock(file: &File, offset: i64, kind: libc::c_short) -> std::io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: fcntl(F_SETLK) only reads the flock struct we pass.
+    let rc = unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = kind;
+        lock.l_whence = libc::SEEK_SET as libc::c_short;
+        lock.l_start = offset as libc::off_t;
+        lock.l_len = 1;
+        libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock)
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// The database's page size.
@@ -175,6 +219,7 @@ mod tests {
     use super::*;
 
     fn db() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
+        // (The app connection keeps the -shm file in existence.)
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let app = Connection::open(&path).unwrap();
@@ -202,22 +247,26 @@ mod tests {
     }
 
     #[test]
-    fn write_barrier_blocks_other_writers() {
-        let (_dir, path, app) = db();
-        let ours = open(&path, Duration::ZERO).unwrap();
-        assert!(try_write_barrier(&ours, Duration::from_millis(100), || false).unwrap());
-        app.busy_timeout(Duration::from_millis(10)).unwrap();
-        assert!(app.execute("INSERT INTO t VALUES (9)", []).is_err());
-        end(&ours).unwrap();
-        app.execute("INSERT INTO t VALUES (9)", []).unwrap();
-        // Held by the app: the barrier gives up at its deadline, or at once when told to.
-        app.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let started = std::time::Instant::now();
-        assert!(!try_write_barrier(&ours, Duration::from_millis(100), || false).unwrap());
-        assert!(started.elapsed() >= Duration::from_millis(100));
-        let started = std::time::Instant::now();
-        assert!(!try_write_barrier(&ours, Duration::from_secs(10), || true).unwrap());
-        assert!(started.elapsed() < Duration::from_secs(1));
+    fn the_writer_lock_blocks_other_processes_writers() {
+        let (dir, path, app) = db();
+        let shm = File::options().read(true).write(true).open(dir.path().join("t.db-shm")).unwrap();
+        assert!(try_lock_writers(&shm, Duration::from_millis(100), || false).unwrap());
+        // Another process (same-process locks never conflict under POSIX).
+        let insert = |timeout_ms: u32| {
+            std::process::Command::new("python3")
+                .args(["-c", &format!(
+                    "import sqlite3; c=sqlite3.connect({:?}, timeout={}); c.execute('insert into t values (5)'); c.commit()",
+                    path.to_str().unwrap(), f64::from(timeout_ms) / 1000.0
+                )])
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(!insert(50), "a writer committed while walship held the write lock");
+        unlock_writers(&shm).unwrap();
+        assert!(insert(2000));
+        let n: i64 = app.query_row("SELECT count(*) FROM t WHERE x = 5", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //!   taken has been copied to the database and nothing was appended since. So once
 //!   capture has read up to the end of the log at pin time ("caught up"), a change of
 //!   WAL generation never hides a frame.
-//! - Checkpoints are walship's: behind a write barrier (`BEGIN IMMEDIATE` on a second
-//!   connection) it reads to the end, releases the pin, checkpoints and re-pins, so the
+//! - Checkpoints are walship's: behind a write barrier (SQLite's WAL write lock, taken
+//!   in the `-shm` file) it reads to the end, releases the pin, checkpoints and re-pins, so the
 //!   pin is retaken caught up.
 //! - [`PageSums`] keeps a checksum per page of the captured state. Pages whose content
 //!   did not change are left out of the LTX file, and whenever continuity is in doubt
@@ -67,7 +67,7 @@ pub struct Capture {
     wal: PathBuf,
     /// The `-shm` file, opened once and kept open: closing any descriptor of a file
     /// drops every POSIX lock this process holds on it, including SQLite's own (the
-    /// pin's read lock, the barrier's write lock).
+    /// pin's read lock). Open for writing: the write barrier is a lock on it.
     shm: File,
     pin: Connection,
     barrier: Connection,
@@ -104,7 +104,11 @@ impl Capture {
         let page_size = sqlite::page_size(&pin)?;
         // SQLite has the -shm open now (the pin read the schema in WAL mode).
         let shm_path = sibling(db, "-shm");
-        let shm = File::open(&shm_path).map_err(|e| Error::io(format!("open {}", shm_path.display()), e))?;
+        let shm = File::options()
+            .read(true)
+            .write(true)
+            .open(&shm_path)
+            .map_err(|e| Error::io(format!("open {}", shm_path.display()), e))?;
         let mut capture = Capture {
             db: db.to_path_buf(),
             wal: sibling(db, "-wal"),
@@ -169,7 +173,7 @@ impl Capture {
             self.caught_up = true;
             Ok(())
         })();
-        sqlite::end(&self.barrier)?;
+        self.release_barrier()?;
         result?;
         let key = FileKey { level: SNAPSHOT_LEVEL, min: TxId(1), max: self.pos.txid };
         let header = self.header(TxId(1), self.pos.txid, self.sqlite_page_count()?, Checksum::ZERO);
@@ -209,9 +213,26 @@ impl Capture {
         Ok(written)
     }
 
-    /// Takes the write barrier, giving way to the app's blocking checkpoints.
+    /// Takes the write barrier, giving way to the app's blocking checkpoints: first the
+    /// WAL write lock against other processes, then SQLite's own write lock against
+    /// connections in this process (which POSIX locks do not hold back).
     fn write_barrier(&self) -> Result<bool> {
-        sqlite::try_write_barrier(&self.barrier, BARRIER_WAIT, || self.foreign_blocking_checkpoint())
+        let give_way = || self.foreign_blocking_checkpoint();
+        if !sqlite::try_lock_writers(&self.shm, BARRIER_WAIT, give_way)? {
+            return Ok(false);
+        }
+        match sqlite::try_write_barrier(&self.barrier, BARRIER_WAIT, give_way) {
+            Ok(true) => Ok(true),
+            other => {
+                sqlite::unlock_writers(&self.shm)?;
+                other
+            }
+        }
+    }
+
+    fn release_barrier(&self) -> Result<()> {
+        sqlite::end(&self.barrier)?;
+        sqlite::unlock_writers(&self.shm)
     }
 
     fn foreign_blocking_checkpoint(&self) -> bool {
@@ -452,7 +473,7 @@ impl Capture {
             self.checkpointed_at = end.map_or(0, |c| c.frames);
             if truncate && !passive.busy && passive.log == passive.checkpointed {
                 let before = sqlite::data_version(&self.pin)?;
-                sqlite::end(&self.barrier)?;
+                self.release_barrier()?;
                 barrier_held = false;
                 self.pin.busy_timeout(Duration::from_millis(50))?;
                 let done = sqlite::checkpoint(&self.pin, "TRUNCATE");
@@ -478,7 +499,7 @@ impl Capture {
             Ok(pending)
         })();
         if barrier_held {
-            sqlite::end(&self.barrier)?;
+            self.release_barrier()?;
         }
         tracing::debug!(truncate, frames = self.checkpointed_at, barrier = ?started.elapsed(), "checkpoint");
         let pending = match result {
