@@ -10,23 +10,6 @@ use crate::workload::SCHEMA;
 const SECS: Duration = Duration::from_secs(1);
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/litestream-0.5.17");
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-            // shared/ is read-only; the copies need not be.
-            let mut perm = std::fs::metadata(&target).unwrap().permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            perm.set_readonly(false);
-            std::fs::set_permissions(&target, perm).unwrap();
-        }
-    }
-}
-
 /// The replica Litestream 0.5.17 wrote restores, at every TXID, to exactly the
 /// content Litestream's own restore gives.
 #[test]

@@ -132,18 +132,6 @@ fn build_replica(dir: &Path) -> (PathBuf, Vec<(u64, String)>) {
     (replica, hashes)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), &target).unwrap();
-        }
-    }
-}
-
 fn l0_path(replica: &Path, txid: u64) -> PathBuf {
     replica.join("ltx/0").join(format!("{txid:016x}-{txid:016x}.ltx"))
 }

@@ -370,3 +370,21 @@ pub fn litestream_bin() -> Option<PathBuf> {
     }
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("litestream")).find(|p| p.is_file())
 }
+
+/// Copies a folder tree; the copies are writable even when the originals (shared/) are not.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+            // shared/ is read-only; the copies need not be.
+            let mut perm = std::fs::metadata(&target).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&target, perm).unwrap();
+        }
+    }
+}
