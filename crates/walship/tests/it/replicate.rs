@@ -134,11 +134,7 @@ fn app_truncate_checkpoint_is_not_blocked() {
         assert_eq!(f[0], "0", "round {round}: TRUNCATE checkpoint reported busy ({out}) after {elapsed:.2}s");
         assert!(elapsed < 5.0, "round {round}: TRUNCATE checkpoint took {elapsed:.2}s");
     }
-    wait_stable(&replica, SECS, 20 * SECS);
-    rep.assert_running();
-    rep.stop();
-    let out = dir.path().join("restored.db");
-    assert_eq!(restore_hash(s(&replica), &out, &[], false), dump_hash(&db, false));
+    rep.finish_and_check(&db, &replica, 20 * SECS);
 }
 
 /// A writer going flat out for 5 s: walship's checkpoints keep the `-wal` file bounded
@@ -164,11 +160,7 @@ fn fast_writer_wal_stays_bounded() {
     println!("largest -wal seen: {} KiB", max_wal / 1024);
     assert!(max_wal > 0, "never saw a -wal file");
     assert!(max_wal <= 64 << 20, "-wal grew to {max_wal} bytes");
-    wait_stable(&replica, SECS, 60 * SECS);
-    rep.assert_running();
-    rep.stop();
-    let out = dir.path().join("restored.db");
-    assert_eq!(restore_hash(s(&replica), &out, &[], false), dump_hash(&db, false));
+    rep.finish_and_check(&db, &replica, 60 * SECS);
 }
 
 /// `replicate --config` with `$VAR` expansion and two replicas per database.

@@ -173,6 +173,18 @@ impl Replicator {
         assert!(status.success(), "walship replicate exited with {status}; log:\n{}", self.0.log_text());
     }
 
+    /// Waits until `replica` has been quiet for a second (at most `timeout`), checks the
+    /// process is alive, stops it cleanly, and asserts that the replica restores to
+    /// exactly the primary `db` (restored next to it as `restored.db`).
+    #[track_caller]
+    pub fn finish_and_check(mut self, db: &Path, replica: &Path, timeout: Duration) {
+        wait_stable(replica, Duration::from_secs(1), timeout);
+        self.assert_running();
+        self.stop();
+        let out = db.with_file_name("restored.db");
+        assert_eq!(restore_hash(s(replica), &out, &[], false), dump_hash(db, false), "restore differs from the primary");
+    }
+
     /// Asserts the process is still alive (it must not die on its own).
     #[track_caller]
     pub fn assert_running(&mut self) {
