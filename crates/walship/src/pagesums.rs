@@ -71,7 +71,7 @@ impl PageSums {
     /// The database checksum after [`PageSums::apply`] with the same arguments,
     /// without changing anything.
     pub fn preview(&self, commit: u32, changes: &[(u32, Checksum)]) -> Checksum {
-        let mut db = self.db.clone();
+        let mut db = self.db;
         for old in self.sums.iter().skip(commit as usize).filter(|s| **s != Checksum::ZERO) {
             db.remove(*old);
         }

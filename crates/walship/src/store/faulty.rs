@@ -82,7 +82,7 @@ impl FaultyStore {
             (s.1.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
         };
         let (a, b) = (draw(), draw());
-        let nth = self.faults.every > 0 && s.0 % self.faults.every == 0;
+        let nth = self.faults.every > 0 && s.0.is_multiple_of(self.faults.every);
         (nth || s.0 <= self.faults.first || a < self.faults.fail, b)
     }
 

@@ -125,7 +125,7 @@ fn app_truncate_checkpoint_is_not_blocked() {
     let db = dir.path().join("app.db");
     let replica = dir.path().join("replica");
     create_db(&db, SCHEMA);
-    let mut rep = Replicator::start(&db, &[s(&replica)]);
+    let rep = Replicator::start(&db, &[s(&replica)]);
     assert!(wait_until(10 * SECS, || newest_txid(&replica) >= 1), "no first file; log:\n{}", rep.0.log_text());
     for round in 0..3 {
         let out = python(APP_TRUNCATE, &[s(&db), "50"]);
@@ -146,7 +146,7 @@ fn fast_writer_wal_stays_bounded() {
     let wal = dir.path().join("app.db-wal");
     let replica = dir.path().join("replica");
     create_db(&db, SCHEMA);
-    let mut rep = Replicator::start(&db, &[s(&replica)]);
+    let rep = Replicator::start(&db, &[s(&replica)]);
     assert!(wait_until(10 * SECS, || newest_txid(&replica) >= 1), "no first file; log:\n{}", rep.0.log_text());
     let mut writer = Writer::start(FAST, &[s(&db), "5"]);
     let mut max_wal = 0u64;
