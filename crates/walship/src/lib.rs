@@ -5,11 +5,11 @@
 //! - [`restore`]: rebuild a database from a replica (latest, TXID, timestamp).
 //! - [`capture`]: turns commits into local LTX files; owns every checkpoint.
 //!   - [`wal_tail`]: reads committed frames from the `-wal` file.
-//!   - [`sqlite`]: walship's own connections, `sqlite_dbpage`, shm lock probes.
+//!   - [`sqlite`]: walship's own connections, `sqlite_dbpage`, the -shm write lock (the barrier) and lock probes.
 //!   - [`pagesums`]: per-page checksums of the captured state.
 //! - [`local`]: the hidden state folder beside the database.
 //! - [`replica_form`]: files in Litestream's no-checksum form + walship's checksum records.
-//! - [`store`]: replica storage (folder backend), in Litestream 0.5's layout.
+//! - [`store`]: replica storage (folder, S3, Azure, GCS), in Litestream 0.5's layouts.
 //! - [`config`]: YAML configuration (Litestream's keys accepted).
 //! - [`durable`]: temp → fsync → rename → fsync folder.
 //! - [`error`]: the library's typed errors.
