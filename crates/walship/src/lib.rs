@@ -19,6 +19,7 @@ pub mod capture;
 pub mod config;
 pub mod durable;
 pub mod error;
+pub mod live;
 pub mod local;
 pub mod pagesums;
 pub mod replica_form;

@@ -3,6 +3,7 @@
 
 mod cli_errors;
 mod disk_faults;
+mod fault_proxy;
 mod fuzz_replay;
 mod litestream;
 mod object_store;
