@@ -34,6 +34,12 @@ pub struct Config {
     /// The databases to replicate.
     #[serde(default)]
     pub dbs: Vec<DbConfig>,
+    /// Serve live followers on this address (e.g. `0.0.0.0:4000`).
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Bearer token followers must send (`$VAR` expansion applies).
+    #[serde(default)]
+    pub token: Option<String>,
     /// Accepted for Litestream compatibility and ignored (logging, metrics address, ...).
     #[serde(default, rename = "addr")]
     pub _addr: Option<String>,

@@ -9,6 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use walship::capture::CaptureOptions;
+use walship::live::feed::Feed;
+use walship::live::follow::{self, Follower, Source};
+use walship::live::server::{self, Served};
+use walship::local::LocalDir;
 use walship::replicate::{self, DbSpec};
 use walship::restore::{self, Check, Target};
 use walship::store;
@@ -35,6 +39,29 @@ enum Command {
         /// A YAML config listing databases and replicas (Litestream's keys work).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Serve live followers on this address (e.g. 0.0.0.0:4000); each database
+        /// under its file name without extension: http://host:4000/<name>.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Bearer token every request to the server must carry.
+        #[arg(long, env = "WALSHIP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Keep REPLICA_DB, a readable copy of a database, up to date from SOURCE: a
+    /// primary's server (http://primary:4000/<name>) or a replica location (folder,
+    /// file://, s3://, abs://, gs://), polled. Open REPLICA_DB read-only in your app.
+    Follow {
+        /// http://host:port/<name>, or a replica location.
+        source: String,
+        /// The replica database (created when missing).
+        replica: PathBuf,
+        /// Serve followers of this follower on this address (cascading), plus
+        /// /wait and /status.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Bearer token for SOURCE and for this follower's own server.
+        #[arg(long, env = "WALSHIP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Rebuild a database from REPLICA.
     Restore {
@@ -103,7 +130,8 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Replicate { db, replicas, config } => replicate_cmd(db, replicas, config),
+        Command::Replicate { db, replicas, config, listen, token } => replicate_cmd(db, replicas, config, listen, token),
+        Command::Follow { source, replica, listen, token } => follow_cmd(&source, &replica, listen, token),
         Command::Restore { replica, output, txid, timestamp, force, check } => {
             let target = match (txid, timestamp) {
                 (Some(t), _) => Target::TxId(t.parse().map_err(|_| {
@@ -180,10 +208,18 @@ fn open_replica(arg: &str) -> walship::Result<Box<dyn store::Store>> {
     }
 }
 
-fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<PathBuf>) -> anyhow::Result<()> {
-    let specs: Vec<DbSpec> = if let Some(path) = config {
+fn replicate_cmd(
+    db: Option<PathBuf>,
+    replicas: Vec<String>,
+    config: Option<PathBuf>,
+    mut listen: Option<String>,
+    mut token: Option<String>,
+) -> anyhow::Result<()> {
+    let mut specs: Vec<DbSpec> = if let Some(path) = config {
         let text = std::fs::read_to_string(&path).with_context(|| format!("read config {}", path.display()))?;
         let config = walship::config::parse(&text)?;
+        listen = listen.or(config.listen);
+        token = token.or(config.token);
         config
             .dbs
             .into_iter()
@@ -201,24 +237,26 @@ fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<Path
             .collect::<anyhow::Result<_>>()?
     } else {
         let db = db.expect("clap requires DB without --config");
-        if replicas.is_empty() {
-            bail!("give at least one REPLICA after the database (a folder path or file:// URL)");
+        if replicas.is_empty() && listen.is_none() {
+            bail!("give at least one REPLICA after the database (a folder path or URL), or --listen to serve live followers");
         }
         let replicas = replicas.iter().map(|r| open_replica(r)).collect::<Result<_, _>>()?;
         vec![DbSpec::new(db, replicas)]
     };
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("install signal handlers")?;
-    {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            if signals.forever().next().is_some() {
-                tracing::info!("stopping: capturing and uploading what is left");
-                stop.store(true, Ordering::Relaxed);
+    let _server = match &listen {
+        Some(addr) => {
+            let mut feeds = Vec::new();
+            for spec in &mut specs {
+                let path = std::path::absolute(&spec.path).unwrap_or_else(|_| spec.path.clone());
+                let feed = Arc::new(Feed::new(follow::default_name(&path), LocalDir::path_for(&path)));
+                spec.feed = Some(feed.clone());
+                feeds.push(feed);
             }
-        });
-    }
+            Some(server::start(addr, Served { feeds, token, role: "primary", sync: true, extra: None })?)
+        }
+        None => None,
+    };
+    let stop = stop_on_signal("stopping: capturing and uploading what is left")?;
     let handles: Vec<_> = specs
         .into_iter()
         .map(|spec| {
@@ -245,4 +283,38 @@ fn replicate_cmd(db: Option<PathBuf>, replicas: Vec<String>, config: Option<Path
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// A flag set by the first SIGINT or SIGTERM.
+fn stop_on_signal(message: &'static str) -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("install signal handlers")?;
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            tracing::info!("{message}");
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    Ok(stop)
+}
+
+fn follow_cmd(source: &str, replica: &std::path::Path, listen: Option<String>, token: Option<String>) -> anyhow::Result<()> {
+    let source = Source::parse(source, token.clone())?;
+    let name = match &source {
+        Source::Http { name, .. } => name.clone(),
+        Source::Store(_) => follow::default_name(replica),
+    };
+    let follower = Follower::open(source, replica, name, listen.is_some())?;
+    let _server = match &listen {
+        Some(addr) => Some(server::start(
+            addr,
+            Served { feeds: vec![follower.feed()], token, role: "follower", sync: false, extra: Some(follower.status()) },
+        )?),
+        None => None,
+    };
+    let stop = stop_on_signal("stopping")?;
+    follower.run(&stop)?;
+    Ok(())
 }

@@ -19,12 +19,13 @@ use crate::error::{Error, Result};
 use crate::live::position::{HeaderBytes, PositionFile, Saved};
 use crate::local::Pos;
 use crate::pagesums::PageSums;
+use crate::replica_form::Checksums;
 
 /// What applying a file led to.
 #[derive(Debug)]
 pub enum Applied {
-    /// The file was applied; the replica is at this position.
-    Ok(Pos),
+    /// The file (whose header this is) was applied.
+    Ok(Header),
     /// The file does not continue the replica's position (its TXIDs or pre-apply
     /// checksum do not follow): nothing was changed.
     Gap,
@@ -109,10 +110,16 @@ impl ReplicaDb {
     /// Applies one LTX file read from `r` in a single write transaction, after
     /// checking that it continues the replica's position. Every page is written
     /// before the file's checksums are known, so a file that fails them (or ends
-    /// early) is rolled back: the replica never holds part of a file.
-    pub fn apply(&mut self, r: impl Read, name: &str) -> Result<Applied> {
+    /// early) is rolled back: the replica never holds part of a file. `expect` gives
+    /// the database checksums of a file stored without them (Litestream's form).
+    pub fn apply(&mut self, r: impl Read, name: &str, expect: Option<Checksums>) -> Result<Applied> {
         let mut dec = Decoder::new(r).map_err(|e| Error::ltx(name, e))?;
-        let header = dec.header().clone();
+        let mut header = dec.header().clone();
+        if let Some(sums) = expect.filter(|_| !header.has_checksums()) {
+            header.flags &= !ltx::HEADER_FLAG_NO_CHECKSUM;
+            header.pre_apply_checksum = sums.pre;
+        }
+        let expected_post = expect.map(|s| s.post);
         if !self.continues(&header) {
             return Ok(Applied::Gap);
         }
@@ -122,7 +129,7 @@ impl ReplicaDb {
             self.conn.execute_batch(&format!("PRAGMA r.page_size={}", header.page_size))?;
         }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        match self.write_pages(&mut dec, &header, name) {
+        match self.write_pages(&mut dec, &header, name, expected_post) {
             Ok(done) => {
                 // The position goes first: after a crash the replica holds either
                 // state, and both are in the file.
@@ -135,7 +142,7 @@ impl ReplicaDb {
                     return Err(e.into());
                 }
                 self.commit_done(done);
-                Ok(Applied::Ok(self.pos))
+                Ok(Applied::Ok(header))
             }
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
@@ -191,7 +198,7 @@ impl ReplicaDb {
             && h.page_size == self.page_size
     }
 
-    fn write_pages<R: Read>(&mut self, dec: &mut Decoder<R>, h: &Header, name: &str) -> Result<Done> {
+    fn write_pages<R: Read>(&mut self, dec: &mut Decoder<R>, h: &Header, name: &str, expected_post: Option<Checksum>) -> Result<Done> {
         let pages_before: u32 = self.conn.query_row("PRAGMA r.page_count", [], |r| r.get(0))?;
         if pages_before != 0 && h.page_size != self.current_page_size()? {
             return Err(Error::Corrupt(format!(
@@ -226,10 +233,10 @@ impl ReplicaDb {
             Some(s) => s.checksum(),
             None => self.sums.preview(h.commit, &changes),
         };
-        if h.has_checksums() && post != trailer.post_apply_checksum {
+        let expected = expected_post.or(h.has_checksums().then_some(trailer.post_apply_checksum));
+        if let Some(expected) = expected.filter(|e| *e != post) {
             return Err(Error::Corrupt(format!(
-                "{name}: the database checksum after it would be {post}, the file says {}",
-                trailer.post_apply_checksum
+                "{name}: the database checksum after it would be {post}, the history says {expected}"
             )));
         }
         Ok(Done { pos: Pos { txid: h.max_txid, checksum: post }, header, commit: h.commit, changes, sums, page_size: h.page_size })

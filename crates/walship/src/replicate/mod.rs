@@ -14,12 +14,17 @@ use notify::Watcher;
 
 use crate::capture::{Capture, CaptureOptions, sibling};
 use crate::error::{Error, Result};
+use crate::live::feed::Feed;
 use crate::local::{self, LocalDir, Pos};
 use crate::replica_form;
 use crate::store::{FileKey, SNAPSHOT_LEVEL, Store, list_all};
 
 /// The fallback wake-up interval when no file event arrives.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Captured files kept locally for live followers after every replica has them: a
+/// follower further behind gets a snapshot.
+const FOLLOWER_WINDOW: usize = 1000;
 
 /// One database and where it goes.
 #[derive(Debug)]
@@ -32,12 +37,14 @@ pub struct DbSpec {
     pub opts: CaptureOptions,
     /// How long a stop waits for the replicas to take the last files (default 30 s).
     pub drain: Duration,
+    /// Live followers served from this database, if any.
+    pub feed: Option<Arc<Feed>>,
 }
 
 impl DbSpec {
     /// A database with default tuning.
     pub fn new(path: PathBuf, replicas: Vec<Box<dyn Store>>) -> Self {
-        DbSpec { path, replicas, opts: CaptureOptions::default(), drain: Duration::from_secs(30) }
+        DbSpec { path, replicas, opts: CaptureOptions::default(), drain: Duration::from_secs(30), feed: None }
     }
 }
 
@@ -70,9 +77,15 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
         .collect();
 
     let (tx, rx) = mpsc::channel();
+    if let Some(feed) = &db.feed {
+        feed.set_waker(tx.clone());
+    }
     let _watcher = watch(&path, tx)?;
-    let result = capture_loop(&mut capture, &shared, &rx, &stop);
+    let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &rx, &stop);
     let closed = capture.close();
+    if let Some(feed) = &db.feed {
+        feed.stop();
+    }
     shared.update(|s| s.stopping = true);
     // Wait while the replicas make progress; give up after `drain` without any.
     let mut progress = (Instant::now(), shared.read(|s| s.acked.clone()));
@@ -95,49 +108,75 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-fn capture_loop(capture: &mut Capture, shared: &Shared, rx: &Receiver<()>, stop: &AtomicBool) -> Result<()> {
+fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, rx: &Receiver<()>, stop: &AtomicBool) -> Result<()> {
     let mut pruned_at = None;
+    if let Some(feed) = feed {
+        feed.publish(capture.pos(), crate::capture::now_ms());
+    }
     while !stop.load(Ordering::Relaxed) {
         match rx.recv_timeout(TICK) {
             Ok(()) => while rx.try_recv().is_ok() {},
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
         }
+        // Sync requests made before this pass are answered by it.
+        let asked = feed.map(Feed::sync_asked);
         match capture.tick() {
-            Ok(written) if !written.is_empty() => shared.notify(),
+            Ok(written) if !written.is_empty() => {
+                if let Some(feed) = feed {
+                    feed.publish(capture.pos(), crate::capture::now_ms());
+                }
+                shared.notify();
+            }
             Ok(_) => {}
             Err(Error::Interrupted) => continue,
             Err(e) => return Err(e),
         }
-        if shared.read(|s| s.need_snapshot.iter().any(|n| *n)) {
+        if let (Some(feed), Some(asked)) = (feed, asked) {
+            feed.sync_done(asked);
+        }
+        let for_replicas = shared.read(|s| s.need_snapshot.iter().any(|n| *n));
+        // Followers need one newer than the newest in the folder.
+        let for_followers = feed.is_some_and(Feed::take_snapshot_request)
+            && capture.local().snapshots()?.last().is_none_or(|s| s.max < capture.pos().txid);
+        if for_replicas || for_followers {
             match capture.snapshot() {
                 Ok(key) => {
-                    tracing::info!(file = %key, "wrote a snapshot to seed a replica");
+                    tracing::info!(file = %key, for_replicas, for_followers, "wrote a snapshot");
                     shared.update(|s| s.need_snapshot.iter_mut().for_each(|n| *n = false));
+                    if let Some(feed) = feed {
+                        feed.publish(capture.pos(), crate::capture::now_ms());
+                    }
                 }
-                Err(Error::Interrupted) => {}
+                Err(Error::Interrupted) => {
+                    if for_followers && let Some(feed) = feed {
+                        feed.want_snapshot();
+                    }
+                }
                 Err(e) => return Err(e),
             }
         }
-        let acked = shared.read(|s| s.acked.iter().copied().min());
-        if acked != pruned_at {
-            prune(capture.local(), shared)?;
-            pruned_at = acked;
+        let acked = shared.read(|s| s.acked.iter().copied().min()).unwrap_or(capture.pos().txid);
+        if Some(acked) != pruned_at {
+            prune(capture.local(), acked, if feed.is_some() { FOLLOWER_WINDOW } else { 1 })?;
+            pruned_at = Some(acked);
         }
     }
     Ok(())
 }
 
-/// Removes local files that every replica has (always keeping the newest one, which
-/// records the current position).
-fn prune(local: &LocalDir, shared: &Shared) -> Result<()> {
-    let Some(acked) = shared.read(|s| s.acked.iter().copied().min()) else { return Ok(()) };
+/// Removes local files that every replica has (up to `acked`), always keeping the
+/// newest `keep` (at least the newest one, which records the current position) and,
+/// while followers are served (`keep` > 1), the newest snapshot.
+fn prune(local: &LocalDir, acked: TxId, keep: usize) -> Result<()> {
     let files = local.files()?;
-    for key in files.iter().take(files.len().saturating_sub(1)).filter(|k| k.max <= acked) {
+    for key in files.iter().take(files.len().saturating_sub(keep.max(1))).filter(|k| k.max <= acked) {
         local.remove(*key)?;
     }
-    for key in local.snapshots()?.into_iter().filter(|k| k.max <= acked) {
-        local.remove(key)?;
+    let snapshots = local.snapshots()?;
+    let keep_snapshots = usize::from(keep > 1);
+    for key in snapshots.iter().take(snapshots.len().saturating_sub(keep_snapshots)).filter(|k| k.max <= acked) {
+        local.remove(*key)?;
     }
     Ok(())
 }

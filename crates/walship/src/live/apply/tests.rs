@@ -46,7 +46,7 @@ impl Primary {
 }
 
 fn apply_file(db: &mut ReplicaDb, path: &std::path::Path) -> Applied {
-    db.apply(std::fs::File::open(path).unwrap(), &path.display().to_string()).unwrap()
+    db.apply(std::fs::File::open(path).unwrap(), &path.display().to_string(), None).unwrap()
 }
 
 fn dump(path: &std::path::Path) -> Vec<(i64, Vec<u8>)> {
@@ -127,21 +127,21 @@ fn bad_files_change_nothing() {
     let bytes = std::fs::read(&files[0]).unwrap();
 
     // Cut short: the transaction is rolled back.
-    assert!(r.apply(&bytes[..bytes.len() - 20], "cut").is_err());
+    assert!(r.apply(&bytes[..bytes.len() - 20], "cut", None).is_err());
     // One flipped bit in a page.
     let mut flipped = bytes.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0x10;
-    assert!(r.apply(&flipped[..], "flipped").is_err());
+    assert!(r.apply(&flipped[..], "flipped", None).is_err());
     assert_eq!((dump(&path), r.pos()), before);
     assert_eq!(integrity(&path), "ok");
 
     // A file that does not follow the position is a gap, not applied.
     let later = p.commit(3);
-    assert!(matches!(r.apply(std::fs::File::open(&later[0]).unwrap(), "later").unwrap(), Applied::Gap));
+    assert!(matches!(r.apply(std::fs::File::open(&later[0]).unwrap(), "later", None).unwrap(), Applied::Gap));
     assert_eq!((dump(&path), r.pos()), before);
     // The good files still apply afterwards.
-    assert!(matches!(r.apply(&bytes[..], "good").unwrap(), Applied::Ok(_)));
+    assert!(matches!(r.apply(&bytes[..], "good", None).unwrap(), Applied::Ok(_)));
     assert!(matches!(apply_file(&mut r, &later[0]), Applied::Ok(_)));
     assert_eq!(dump(&path), dump(&p.db));
 }
