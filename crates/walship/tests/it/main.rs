@@ -6,6 +6,7 @@ mod disk_faults;
 mod fault_proxy;
 mod fuzz_replay;
 mod litestream;
+mod live;
 mod object_store;
 mod replicate;
 mod restore;

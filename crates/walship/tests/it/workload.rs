@@ -84,3 +84,37 @@ while time.time() < end:
 c.close()
 print(n)
 "#;
+
+/// Schema of the bank workload: 100 accounts holding 1000 each, and a transfer log.
+pub const BANK_SCHEMA: &str = "
+CREATE TABLE accounts(id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+INSERT INTO accounts SELECT i, 1000 FROM n;
+CREATE TABLE log(id INTEGER PRIMARY KEY AUTOINCREMENT, a INTEGER, b INTEGER, amount INTEGER, pad BLOB);";
+
+/// Transfers between accounts (the total stays 100000; log ids grow by one per
+/// transfer), some with large pads (overflow pages), and the app's own checkpoints.
+/// Args: DB SEED SECONDS. Prints the number of transfers.
+pub const BANK: &str = r#"
+import sqlite3, random, sys, time
+db, seed, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+r = random.Random(seed)
+c = sqlite3.connect(db, timeout=10, isolation_level=None)
+end = time.time() + secs
+n = 0
+while time.time() < end:
+    a, b = r.sample(range(1, 101), 2)
+    amount = r.randint(1, 50)
+    pad = r.randbytes(r.choice([0, 10, 500, 3000, 20000]) if r.random() < 0.97 else 300000)
+    c.execute("BEGIN IMMEDIATE")
+    c.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, a))
+    c.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, b))
+    c.execute("INSERT INTO log(a, b, amount, pad) VALUES (?, ?, ?, ?)", (a, b, amount, pad))
+    c.execute("COMMIT")
+    n += 1
+    if r.random() < 0.01:
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    time.sleep(r.random() * 0.004)
+c.close()
+print(n)
+"#;
