@@ -322,6 +322,7 @@ impl Follower {
             }
         };
         let snapshot = header.is_snapshot();
+        tracing::debug!(txid = %header.max_txid, "applied");
         self.set(|u| {
             u.files += 1;
             u.snapshots += u64::from(snapshot);

@@ -56,6 +56,7 @@ pub fn stream(feed: &Feed, from: Pos, mut send: impl FnMut(Vec<u8>) -> bool, mut
                     return;
                 }
                 pos = next;
+                tracing::debug!(txid = %pos.txid, "sent");
                 sent(pos.txid);
             }
             Step::Wait | Step::NeedSnapshot => {

@@ -123,6 +123,7 @@ fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, rx:
         let asked = feed.map(Feed::sync_asked);
         match capture.tick() {
             Ok(written) if !written.is_empty() => {
+                tracing::debug!(txid = %capture.pos().txid, "captured");
                 if let Some(feed) = feed {
                     feed.publish(capture.pos(), crate::capture::now_ms());
                 }
