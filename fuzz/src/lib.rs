@@ -3,3 +3,4 @@
 
 pub mod config_cases;
 pub mod ltx_cases;
+pub mod stream_cases;
