@@ -213,7 +213,17 @@ impl ReplicaDb {
         let mut changes = Vec::new();
         let mut header = self.header_bytes;
         let mut page = Vec::new();
+        // Pages past the current end must follow one another (a snapshot starts from
+        // nothing), so the size a file claims is always backed by pages it carries.
+        let mut end = if h.is_snapshot() { 0 } else { pages_before };
+        let lock = ltx::lock_pgno(h.page_size);
         while let Some(pgno) = dec.next_page(&mut page).map_err(|e| Error::ltx(name, e))? {
+            if pgno > end {
+                if pgno != end + 1 && !(pgno == end + 2 && end + 1 == lock) {
+                    return Err(Error::Corrupt(format!("{name}: page {pgno} is past the end of the database ({end} pages)")));
+                }
+                end = pgno;
+            }
             if pgno == 1 {
                 header = HeaderBytes::from_page(&page);
             }
@@ -221,6 +231,9 @@ impl ReplicaDb {
             insert.execute(rusqlite::params![pgno, &page])?;
         }
         let trailer = dec.finish().map_err(|e| Error::ltx(name, e))?;
+        if h.commit > end {
+            return Err(Error::Corrupt(format!("{name}: says the database has {} pages, but only {end} exist", h.commit)));
+        }
         if h.commit < pages_before.max(self.sums.page_count()) {
             insert.execute(rusqlite::params![h.commit + 1, rusqlite::types::Null])?;
         }
