@@ -234,6 +234,31 @@ fn replicate_to_s3_and_restore() {
     assert_eq!(restore_hash(&url, &dir.path().join("restored.db"), &["--check", "full"], false), dump_hash(&db, false));
 }
 
+/// A follower polling an S3 replica converges on the primary while it is written.
+#[test]
+fn follow_an_s3_replica() {
+    let Some(s3) = s3() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let url = s3.url(&unique("follow"));
+    let rep = Replicator::start(&db, &[&url]);
+    let stop = dir.path().join("stop");
+    let writer = Writer::start(UNTIL_STOPPED, &[s(&db), "8", s(&stop)]);
+    let replica = dir.path().join("replica.db");
+    let mut cmd = Command::new(bin());
+    cmd.arg("follow").arg(&url).arg(&replica).env("WALSHIP_LOG", "info");
+    let mut follower = Proc::spawn("walship follow", cmd, Some(dir.path().join("follow.log")));
+    std::thread::sleep(2 * SECS);
+    std::fs::write(&stop, b"").unwrap();
+    writer.finish(20 * SECS);
+    rep.stop();
+    let want = dump_hash(&db, false);
+    let converged = wait_until(30 * SECS, || replica.exists() && db_check(&replica, false) == (want.clone(), "ok".into()));
+    assert!(converged, "the follower did not converge; log:\n{}", follower.log_text());
+    assert!(follower.running(), "the follower died: {}", follower.log_text());
+}
+
 fn litestream_s3_config(db: &Path, s3: &S3, prefix: &str) -> String {
     format!(
         "dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: s3\n      bucket: {}\n      path: {prefix}\n      endpoint: {}\n      region: us-east-1\n      force-path-style: true\n      sync-interval: 100ms\n",
