@@ -79,6 +79,13 @@ pub struct FileInfo {
 pub trait Store: Send + Sync + fmt::Debug {
     /// Lists the files at one level.
     fn list(&self, level: u8) -> Result<Vec<FileInfo>>;
+    /// Lists the files at one level that start after TXID `after` (object stores ask
+    /// only for keys past it, so a poll costs the same however long the history).
+    fn list_after(&self, level: u8, after: TxId) -> Result<Vec<FileInfo>> {
+        let mut files = self.list(level)?;
+        files.retain(|f| f.key.min > after);
+        Ok(files)
+    }
     /// Stores a file from a local path.
     fn put(&self, key: FileKey, local: &std::path::Path) -> Result<()>;
     /// Opens a file for streaming reads.

@@ -254,8 +254,7 @@ impl Follower {
         let pos = self.db.pos();
         let mut chain: Vec<FileInfo> = Vec::new();
         if pos.txid != TxId(0) {
-            let mut files = store.list(0)?;
-            files.retain(|f| f.key.max > pos.txid);
+            let mut files = store.list_after(0, pos.txid)?;
             files.sort_by_key(|f| f.key);
             let mut at = pos.txid;
             for f in files {
@@ -271,7 +270,7 @@ impl Follower {
         if chain.is_empty() {
             // Unknown position, or a gap (files compacted or removed): start again
             // from the newest snapshot, if it is ahead of us.
-            let newest = list_newest(store.as_ref())?;
+            let newest = list_newest(store.as_ref(), pos.txid)?;
             if newest.is_none_or(|t| t <= pos.txid) {
                 return Ok(false);
             }
@@ -405,13 +404,11 @@ impl Follower {
     }
 }
 
-/// The newest TXID in a store (snapshots and level 0).
-fn list_newest(store: &dyn Store) -> Result<Option<TxId>> {
-    let mut newest = None;
-    for level in [0, SNAPSHOT_LEVEL] {
-        newest = newest.max(store.list(level)?.iter().map(|f| f.key.max).max());
-    }
-    Ok(newest)
+/// The newest TXID in a store's snapshots (all start at TXID 1) and its level-0 files
+/// past `after`.
+fn list_newest(store: &dyn Store, after: TxId) -> Result<Option<TxId>> {
+    let snapshots = store.list(SNAPSHOT_LEVEL)?.iter().map(|f| f.key.max).max();
+    Ok(snapshots.max(store.list_after(0, after)?.iter().map(|f| f.key.max).max()))
 }
 
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

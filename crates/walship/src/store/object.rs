@@ -498,6 +498,27 @@ impl Store for ObjectStore {
         Ok(files)
     }
 
+    fn list_after(&self, level: u8, after: ltx::TxId) -> Result<Vec<FileInfo>> {
+        let prefix = self.spec.level_prefix(level);
+        let dir = self.path(prefix.trim_end_matches('/'))?;
+        // Keys sort by their 16-hex-digit minimum TXID: start past every key of `after`.
+        let offset = self.path(&format!("{prefix}{after}-ffffffffffffffff.ltx"))?;
+        let mut listing = self.ops.list_with_offset(Some(&dir), &offset);
+        let mut files = Vec::new();
+        self.block_on(async {
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| self.err(format!("list {prefix}"), e))?;
+                let name = meta.location.filename().unwrap_or_default();
+                if let Some(key) = FileKey::parse(level, name).filter(|k| k.min > after) {
+                    files.push(FileInfo { key, size: meta.size });
+                }
+            }
+            Ok::<_, Error>(())
+        })?;
+        files.sort_by_key(|f| (f.key.min, f.key.max));
+        Ok(files)
+    }
+
     fn put(&self, key: FileKey, local: &Path) -> Result<()> {
         let path = self.path(&self.spec.key(key))?;
         let mut file =

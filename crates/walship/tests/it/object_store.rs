@@ -123,6 +123,10 @@ fn conformance(store: &dyn Store, scratch: &Path) {
     );
     assert_eq!(store.list(9).unwrap().iter().map(|f| f.key).collect::<Vec<_>>(), [key(9, 1, 3)], "{what}");
     assert!(store.list(1).unwrap().is_empty(), "{what}: an empty level");
+    let after = |t: u64| store.list_after(0, TxId(t)).unwrap().iter().map(|f| f.key).collect::<Vec<_>>();
+    assert_eq!(after(0).len(), 4, "{what}: list_after(0)");
+    assert_eq!(after(1), [key(0, 2, 2), key(0, 3, 3)], "{what}: list_after(1) starts past TXID 1");
+    assert!(after(3).is_empty(), "{what}: nothing after the newest");
     assert_eq!(store::list_all(store).unwrap().len(), 5, "{what}");
 
     // Never overwrite.
