@@ -406,3 +406,108 @@ fn follow_errors_are_one_clear_line() {
     let err = assert_error(&walship(&["replicate", s(&db), "--listen", "256.0.0.1:80"]));
     assert!(err.contains("cannot listen on"), "{err}");
 }
+
+/// Checks that a bank replica holds a state the primary really had: every balance is
+/// 1000 plus the transfers its log records, and its log rows are the primary's.
+#[track_caller]
+fn assert_real_bank_state(primary: &Path, replica: &Path) -> i64 {
+    let r = open_ro(replica).unwrap();
+    r.execute_batch("BEGIN").unwrap();
+    let mut expected = vec![1000i64; 101];
+    let mut log = Vec::new();
+    {
+        let mut stmt = r.prepare("SELECT id, a, b, amount, hex(pad) FROM log ORDER BY id").unwrap();
+        let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?, row.get::<_, Option<String>>(4)?))).unwrap();
+        for row in rows {
+            let (id, a, b, amount, pad) = row.unwrap();
+            expected[a as usize] -= amount;
+            expected[b as usize] += amount;
+            log.push((id, a, b, amount, pad));
+        }
+    }
+    let mut stmt = r.prepare("SELECT id, balance FROM accounts ORDER BY id").unwrap();
+    let balances: Vec<(i64, i64)> = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect();
+    assert_eq!(balances.len(), 100);
+    for (id, balance) in balances {
+        assert_eq!(balance, expected[id as usize], "account {id} does not match the replica's own log: a torn or unreal state");
+    }
+    let p = open_ro(primary).unwrap();
+    let mut stmt = p.prepare("SELECT id, a, b, amount, hex(pad) FROM log WHERE id <= ?1 ORDER BY id").unwrap();
+    let max = log.last().map_or(0, |l| l.0);
+    let theirs: Vec<(i64, i64, i64, i64, Option<String>)> = stmt
+        .query_map([max], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(theirs == log, "the replica's log differs from the primary's up to id {max}");
+    max
+}
+
+#[test]
+fn follower_killed_mid_apply_always_holds_a_real_state() {
+    let dir = tempdir();
+    let db = bank_db(dir.path());
+    let p = free_port();
+    let _primary = primary(&db, &[], p, &[]);
+    let url = format!("http://127.0.0.1:{p}/app");
+    let replica = dir.path().join("replica.db");
+    let fport = free_port();
+    let writer = Writer::start(BANK, &[s(&db), "6", "8"]);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let (mut kills, mut last) = (0, 0);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        let mut f = follower(&url, &replica, fport, &[]);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(100 + rng % 400));
+        f.kill9();
+        kills += 1;
+        if replica.exists() {
+            let (_, ok) = db_check(&replica, false);
+            assert_eq!(ok, "ok", "integrity_check after kill {kills}");
+            let at = assert_real_bank_state(&db, &replica);
+            assert!(at >= last, "the replica went back in time: log id {at} after {last}");
+            last = at;
+        }
+    }
+    writer.finish(Duration::from_secs(60));
+    let _f = follower(&url, &replica, fport, &[]);
+    assert_caught_up(p, fport, "the follower");
+    assert_same(&db, &replica);
+    println!("follower killed {kills} times; every state real");
+}
+
+#[test]
+fn a_corrupt_file_in_a_followed_replica_is_refused() {
+    let dir = tempdir();
+    let db = bank_db(dir.path());
+    let backup = dir.path().join("backup");
+    let rep = Replicator::start(&db, &[s(&backup)]);
+    Writer::start(BANK, &[s(&db), "7", "1"]).finish(Duration::from_secs(60));
+    let newest = wait_stable(&backup, Duration::from_secs(1), Duration::from_secs(30));
+    rep.stop();
+    // Flip one byte in the middle of a file halfway through the history.
+    let files: Vec<_> = ltx_files(&backup).into_iter().filter(|f| f.0 == 0 && f.1 > 5).collect();
+    let victim = files[files.len() / 2];
+    let path = backup.join("ltx/0").join(format!("{:016x}-{:016x}.ltx", victim.1, victim.2));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    std::fs::create_dir(dir.path().join("f")).unwrap();
+    let replica = dir.path().join("f").join("app.db");
+    let fport = free_port();
+    let mut f = follower(s(&backup), &replica, fport, &[]);
+    let stuck = wait_until(Duration::from_secs(20), || status(fport)["txid"].as_u64() == Some(victim.1 - 1));
+    assert!(stuck, "the follower did not stop before the bad file: {}", status(fport));
+    let err = status(fport)["upstream"]["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains(&format!("{:016x}", victim.1)), "the error does not name the bad file: {err}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(fport)["txid"].as_u64(), Some(victim.1 - 1), "applied past the bad file");
+    assert!(newest > victim.2);
+    assert_real_bank_state(&db, &replica);
+    assert!(f.running(), "{}", f.log_text());
+}
