@@ -2,9 +2,11 @@
 watcher and /proc readings. Standard library only; everything stays on this machine.
 
 - `Tool`: how to start one replicator (walship, Litestream with default or 10 ms
-  intervals) on a database and a folder replica, and how to restore from it.
-- `Replicator`: one running replicator process; SIGINT to stop, SIGKILL if it hangs;
-  CPU (utime+stime) and peak RSS (VmHWM) read from /proc/PID of the process itself.
+  intervals) on a database and a folder replica, how to restore from it, and how to
+  start a live follower (`walship follow`, `litestream restore -f`).
+- `Process`: one running process of ours; SIGINT to stop, SIGKILL if it hangs; CPU
+  (utime+stime) and peak RSS (VmHWM) read from /proc/PID of the process itself.
+  `Replicator` and `Follower` are the two kinds.
 - `App`: the application's connection (WAL, synchronous=NORMAL, busy_timeout 5000) and a
   counter of the WAL frames it writes (read from the -shm wal-index header).
 - `Watcher`: a thread watching `<replica>/ltx/0` (inotify) that records when the highest
@@ -12,10 +14,13 @@ watcher and /proc readings. Standard library only; everything stays on this mach
 """
 
 import ctypes
+import http.client
+import json
 import os
 import re
 import select
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -59,6 +64,31 @@ def run_timed(cmd, env=None):
     return dt
 
 
+def free_port():
+    """A free TCP port on 127.0.0.1 (free when asked; nothing holds it afterwards)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_json(method, addr, path, timeout=10.0):
+    """One request to http://addr/path: (status, parsed JSON body or None); status 0 if
+    nothing answered. http.client, so that no proxy setting applies."""
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, (json.loads(body) if body else None)
+    except (OSError, ValueError):
+        return 0, None
+    finally:
+        conn.close()
+
+
 # ---------------------------------------------------------------------------- tools
 
 class Tool:
@@ -82,10 +112,11 @@ class Tool:
             env["AWS_EC2_METADATA_DISABLED"] = "true"
         return env
 
-    def replicate_cmd(self, db, replica, workdir):
+    def replicate_cmd(self, db, replica, workdir, listen=None):
+        """`listen` (walship only): the address of the live-follower server."""
         s3 = not isinstance(replica, str)
         if self.kind == "walship":
-            return [self.binary, "replicate", db, replica.url() if s3 else replica]
+            return [self.binary, "replicate", db, replica.url() if s3 else replica] + (["--listen", listen] if listen else [])
         cfg = os.path.join(workdir, "litestream-%s.yml" % self.key)
         lines = ["dbs:", "  - path: %s" % db]
         if self.interval:
@@ -109,6 +140,14 @@ class Tool:
                 cmd += ["--check", check]
             return cmd + [replica if isinstance(replica, str) else replica.url()]
         return [self.binary, "restore", "-o", out, "file://" + os.path.abspath(replica)]
+
+    def follow_cmd(self, source, out):
+        """walship: `follow http://host:port/<name> out`; Litestream: `restore -f` of the
+        folder replica (polled every `-follow-interval`, 1 s by default)."""
+        if self.kind == "walship":
+            return [self.binary, "follow", source, out]
+        interval = ["-follow-interval", self.interval] if self.interval else []
+        return [self.binary, "restore", "-f"] + interval + ["-o", out, "file://" + os.path.abspath(source)]
 
 
 # ---------------------------------------------------------------------------- /proc
@@ -165,40 +204,13 @@ def dir_bytes(root):
     return total
 
 
-# ---------------------------------------------------------------------------- replicator
+# ---------------------------------------------------------------------------- processes
 
-class Replicator:
-    def __init__(self, tool, db, replica, workdir):
-        self.tool, self.db, self.replica = tool, db, replica
-        self.log = os.path.join(workdir, "%s.log" % tool.key)
-        self.proc = spawn(tool.replicate_cmd(db, replica, workdir), self.log, env=tool.env())
+class Process:
+    def __init__(self, label, cmd, log, env):
+        self.label, self.log = label, log
+        self.proc = spawn(cmd, log, env=env)
         self.pid = self.proc.pid
-
-    def wait_ready(self, timeout=60.0):
-        """Waits for the first complete file in ltx/0 (the initial snapshot)."""
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited early (%s); see %s:\n%s" % (self.tool.label, self.proc.returncode, self.log, self.tail()))
-            if ltx_max_txid(self.replica) > 0:
-                return time.monotonic() - t0
-            time.sleep(0.005)
-        raise RuntimeError("%s wrote no file in %.0f s; see %s" % (self.tool.label, timeout, self.log))
-
-    def wait_quiet(self, quiet, timeout=60.0):
-        """Waits until the replica's highest TXID has not changed for `quiet` seconds.
-        Returns the time (monotonic) at which it last changed."""
-        last, last_t = ltx_max_txid(self.replica), time.monotonic()
-        t0 = last_t
-        while time.monotonic() - t0 < timeout:
-            time.sleep(0.002)
-            cur = ltx_max_txid(self.replica)
-            now = time.monotonic()
-            if cur != last:
-                last, last_t = cur, now
-            elif now - last_t >= quiet:
-                return last_t
-        return last_t
 
     def cpu(self):
         return proc_cpu_seconds(self.pid)
@@ -217,7 +229,8 @@ class Replicator:
             return ""
 
     def stop(self, timeout=60.0):
-        """SIGINT (final capture and upload), then wait; SIGKILL if it hangs. Returns the exit code."""
+        """SIGINT (a replicator's final capture and upload), then wait; SIGKILL if it hangs.
+        Returns the exit code."""
         p = self.proc
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
@@ -227,9 +240,71 @@ class Replicator:
                 p.kill()
                 p.wait()
                 _children.discard(p)
-                raise RuntimeError("%s did not stop within %.0f s of SIGINT" % (self.tool.label, timeout))
+                raise RuntimeError("%s did not stop within %.0f s of SIGINT" % (self.label, timeout))
         _children.discard(p)
         return p.returncode
+
+
+class Replicator(Process):
+    def __init__(self, tool, db, replica, workdir, listen=None):
+        self.tool, self.db, self.replica = tool, db, replica
+        super().__init__(tool.label, tool.replicate_cmd(db, replica, workdir, listen),
+                         os.path.join(workdir, "%s.log" % tool.key), tool.env())
+
+    def wait_ready(self, timeout=60.0):
+        """Waits for the first complete file in ltx/0 (the initial snapshot)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited early (%s); see %s:\n%s" % (self.label, self.proc.returncode, self.log, self.tail()))
+            if ltx_max_txid(self.replica) > 0:
+                return time.monotonic() - t0
+            time.sleep(0.005)
+        raise RuntimeError("%s wrote no file in %.0f s; see %s" % (self.label, timeout, self.log))
+
+    def wait_quiet(self, quiet, timeout=60.0):
+        """Waits until the replica's highest TXID has not changed for `quiet` seconds.
+        Returns the time (monotonic) at which it last changed."""
+        last, last_t = ltx_max_txid(self.replica), time.monotonic()
+        t0 = last_t
+        while time.monotonic() - t0 < timeout:
+            time.sleep(0.002)
+            cur = ltx_max_txid(self.replica)
+            now = time.monotonic()
+            if cur != last:
+                last, last_t = cur, now
+            elif now - last_t >= quiet:
+                return last_t
+        return last_t
+
+
+class Follower(Process):
+    """A live follower keeping `db` (created by the follower) up to date from `source`."""
+
+    def __init__(self, tool, source, db, workdir):
+        self.tool, self.db = tool, db
+        super().__init__(tool.label + " follower", tool.follow_cmd(source, db),
+                         os.path.join(workdir, "%s-follow.log" % tool.key), tool.env())
+
+    def wait_ready(self, timeout=60.0):
+        """Waits for the follower's db to hold table t (its snapshot applied). Each look is
+        a short-lived read-only connection."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited early (%s); see %s:\n%s" % (self.label, self.proc.returncode, self.log, self.tail()))
+            if os.path.exists(self.db):
+                try:
+                    c = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True)
+                    try:
+                        if c.execute("SELECT 1 FROM sqlite_master WHERE name = 't'").fetchone():
+                            return time.monotonic() - t0
+                    finally:
+                        c.close()
+                except sqlite3.Error:
+                    pass
+            time.sleep(0.01)
+        raise RuntimeError("%s: no table t in %s after %.0f s; see %s" % (self.label, self.db, timeout, self.log))
 
 
 # ---------------------------------------------------------------------------- app side
@@ -400,15 +475,11 @@ class S3Server:
     REQ_LINE = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+) HTTP/')
 
     def __init__(self, root, workdir, timeout=30.0):
-        import socket
         import urllib.request
         binary = os.environ.get("MOTO_SERVER") or os.path.join(root, "target", "test-venv", "bin", "moto_server")
         if not os.access(binary, os.X_OK):
             raise RuntimeError("no moto_server at %s (scripts/test-servers start installs it)" % binary)
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
+        self.port = free_port()
         self.endpoint = "http://127.0.0.1:%d" % self.port
         self.log = os.path.join(workdir, "moto.log")
         self.proc = spawn([binary, "-H", "127.0.0.1", "-p", str(self.port)], self.log)

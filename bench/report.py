@@ -1,5 +1,7 @@
 """Turns the raw per-run numbers into the results table (markdown), and draws the lag
-distributions as a hand-written SVG (cumulative distribution, log-scale lag axis)."""
+distributions (folder replica, live follower) as a hand-written SVG (cumulative
+distribution, log-scale lag axis). Sections whose scenario did not run (bench/run
+--only) are left out of the table."""
 
 import math
 import statistics
@@ -65,50 +67,53 @@ def build_rows(raw, tools_run, notes):
     lag = raw.get("lag", {})
     def lag_stat(fn):
         return per_tool(lambda k: summary([fn(r) for r in lag.get(k, [])]))
-    rows.append(("commit → in folder replica lag, median (ms)", lag_stat(lambda r: percentile(r["lags_ms"], 50)), "≤10 ms"))
-    rows.append(("… lag p99 (ms)", lag_stat(lambda r: percentile(r["lags_ms"], 99)), ""))
-    rows.append(("… lag max (ms)", lag_stat(lambda r: r["lags_ms"][-1] if r["lags_ms"] else None), "≤50 ms"))
-    rows.append(("… commits with no covering file", per_tool(lambda k: "%d / %d" % (
-        sum(r["missing"] for r in lag.get(k, [])), sum(r["commits"] for r in lag.get(k, [])))), "0"))
+    if lag:
+        rows.append(("commit → in folder replica lag, median (ms)", lag_stat(lambda r: percentile(r["lags_ms"], 50)), "≤10 ms"))
+        rows.append(("… lag p99 (ms)", lag_stat(lambda r: percentile(r["lags_ms"], 99)), ""))
+        rows.append(("… lag max (ms)", lag_stat(lambda r: r["lags_ms"][-1] if r["lags_ms"] else None), "≤50 ms"))
+        rows.append(("… commits with no covering file", per_tool(lambda k: "%d / %d" % (
+            sum(r["missing"] for r in lag.get(k, [])), sum(r["commits"] for r in lag.get(k, [])))), "0"))
 
     # throughput
     tp = raw.get("throughput", {})
-    base = summary([r["tps"] for r in tp.get("none", [])])
-    rows.append(("app tx/s, 1-row tx (no replicator: %s)" % fmt_summary(base, 0),
-                 per_tool(lambda k: summary([r["tps"] for r in tp.get(k, [])])), ""))
-    def paired_ratio(k):
-        return summary([w["tps"] / n["tps"] for w, n in zip(tp.get(k, []), tp.get("none", []))])
-    rows.append(("app tx/s with ÷ without replicator", per_tool(paired_ratio), "≥0.95"))
-    mib = 1024 * 1024
-    rows.append(("-wal size at end of max-rate run (MiB; none: %s)" % fmt_summary(summary([r["wal_end"] / mib for r in tp.get("none", [])])),
-                 per_tool(lambda k: summary([r["wal_end"] / mib for r in tp.get(k, [])])), "≤16 MiB"))
-    rows.append(("-wal size max during the run (MiB; none: %s)" % fmt_summary(summary([r["wal_max"] / mib for r in tp.get("none", [])])),
-                 per_tool(lambda k: summary([r["wal_max"] / mib for r in tp.get(k, [])])), ""))
-    rows.append(("replica catch-up after the writer stops (ms)",
-                 per_tool(lambda k: summary([r["catchup_s"] * 1000 for r in tp.get(k, [])])), ""))
-    rows.append(("replicator CPU per MB of WAL, max-rate run (ms/MB)",
-                 per_tool(lambda k: summary([r["cpu_ms_per_mb"] for r in tp.get(k, [])])), "≤5 ms"))
-    rows.append(("replicator CPU per MB of WAL, 20 tx/s run (ms/MB)",
-                 per_tool(lambda k: summary([r["cpu_s"] * 1000 / (r["wal_bytes"] / 1e6) if r["wal_bytes"] else None for r in lag.get(k, [])])), ""))
-    rows.append(("replicator peak RSS, VmHWM (MiB)",
-                 per_tool(lambda k: summary([r["hwm_kib"] / 1024 for r in tp.get(k, []) + lag.get(k, []) if r.get("hwm_kib")])), "≤20 MiB"))
+    if tp:
+        base = summary([r["tps"] for r in tp.get("none", [])])
+        rows.append(("app tx/s, 1-row tx (no replicator: %s)" % fmt_summary(base, 0),
+                     per_tool(lambda k: summary([r["tps"] for r in tp.get(k, [])])), ""))
+        def paired_ratio(k):
+            return summary([w["tps"] / n["tps"] for w, n in zip(tp.get(k, []), tp.get("none", []))])
+        rows.append(("app tx/s with ÷ without replicator", per_tool(paired_ratio), "≥0.95"))
+        mib = 1024 * 1024
+        rows.append(("-wal size at end of max-rate run (MiB; none: %s)" % fmt_summary(summary([r["wal_end"] / mib for r in tp.get("none", [])])),
+                     per_tool(lambda k: summary([r["wal_end"] / mib for r in tp.get(k, [])])), "≤16 MiB"))
+        rows.append(("-wal size max during the run (MiB; none: %s)" % fmt_summary(summary([r["wal_max"] / mib for r in tp.get("none", [])])),
+                     per_tool(lambda k: summary([r["wal_max"] / mib for r in tp.get(k, [])])), ""))
+        rows.append(("replica catch-up after the writer stops (ms)",
+                     per_tool(lambda k: summary([r["catchup_s"] * 1000 for r in tp.get(k, [])])), ""))
+        rows.append(("replicator CPU per MB of WAL, max-rate run (ms/MB)",
+                     per_tool(lambda k: summary([r["cpu_ms_per_mb"] for r in tp.get(k, [])])), "≤5 ms"))
+        rows.append(("replicator CPU per MB of WAL, 20 tx/s run (ms/MB)",
+                     per_tool(lambda k: summary([r["cpu_s"] * 1000 / (r["wal_bytes"] / 1e6) if r["wal_bytes"] else None for r in lag.get(k, [])])), ""))
+        rows.append(("replicator peak RSS, VmHWM (MiB)",
+                     per_tool(lambda k: summary([r["hwm_kib"] / 1024 for r in tp.get(k, []) + lag.get(k, []) if r.get("hwm_kib")])), "≤20 MiB"))
 
     # checkpoint
     ck = raw.get("checkpoint", {})
-    def ck_ms(k):
-        return summary([x["ms"] for run in ck.get(k, []) for x in run])
-    rows.append(("app wal_checkpoint(TRUNCATE) time (ms; none: %s)" % fmt_summary(ck_ms("none")), per_tool(ck_ms),
-                 "well under busy_timeout (5000)"))
-    def ck_busy(k):
-        xs = [x for run in ck.get(k, []) for x in run]
-        if not xs:
-            return None
-        return "%d / %d" % (sum(1 for x in xs if x["busy"]), len(xs))
-    rows.append(("… returned busy (none: %s)" % (ck_busy("none") or "—"), per_tool(ck_busy), "0"))
+    if ck:
+        def ck_ms(k):
+            return summary([x["ms"] for run in ck.get(k, []) for x in run])
+        rows.append(("app wal_checkpoint(TRUNCATE) time (ms; none: %s)" % fmt_summary(ck_ms("none")), per_tool(ck_ms),
+                     "well under busy_timeout (5000)"))
+        def ck_busy(k):
+            xs = [x for run in ck.get(k, []) for x in run]
+            if not xs:
+                return None
+            return "%d / %d" % (sum(1 for x in xs if x["busy"]), len(xs))
+        rows.append(("… returned busy (none: %s)" % (ck_busy("none") or "—"), per_tool(ck_busy), "0"))
 
     # restore
     rs = raw.get("restore", {})
-    for label in ("100MB", "1GB"):
+    for label in ("100MB", "1GB") if rs else []:
         r = rs.get(label)
         if not r:
             if label == "1GB":
@@ -148,10 +153,40 @@ def build_rows(raw, tools_run, notes):
 
     # idle / load
     il = raw.get("idle", {})
-    rows.append(("idle CPU, no writes (% of a core)", per_tool(lambda k: summary([r["idle_cpu_pct"] for r in il.get(k, [])])), "0 %"))
-    rows.append(("files written per hour, idle", per_tool(lambda k: summary([r["idle_files_per_h"] for r in il.get(k, [])])), ""))
-    rows.append(("files written per hour at 10 tx/s (all files)", per_tool(lambda k: summary([r["load_files_per_h"] for r in il.get(k, [])])), ""))
-    rows.append(("… of which .ltx files", per_tool(lambda k: summary([r["load_ltx_files_per_h"] for r in il.get(k, [])])), ""))
+    if il:
+        rows.append(("idle CPU, no writes (% of a core)", per_tool(lambda k: summary([r["idle_cpu_pct"] for r in il.get(k, [])])), "0 %"))
+        rows.append(("files written per hour, idle", per_tool(lambda k: summary([r["idle_files_per_h"] for r in il.get(k, [])])), ""))
+        rows.append(("files written per hour at 10 tx/s (all files)", per_tool(lambda k: summary([r["load_files_per_h"] for r in il.get(k, [])])), ""))
+        rows.append(("… of which .ltx files", per_tool(lambda k: summary([r["load_ltx_files_per_h"] for r in il.get(k, [])])), ""))
+
+    # live follower (walship follow over HTTP; Litestream restore -f of the folder replica)
+    for key, reader in (("follow", "one long-lived reader"), ("follow_reopen", "new reader connection per poll")):
+        fl = raw.get(key, {})
+        if not any(fl.values()):
+            continue
+        def fl_stat(fn, fl=fl):
+            def cell(k):
+                runs = fl.get(k)
+                if not runs:
+                    return "failed"
+                s = summary([fn(r) for r in runs])
+                return s if s else "stalled" if any(r["stalled"] for r in runs) else None
+            return per_tool(cell)
+        rows.append(("commit → visible on a live follower, %s, median (ms)" % reader, fl_stat(lambda r: percentile(r["lags_ms"], 50)), ""))
+        rows.append(("… follower lag p99 (ms)", fl_stat(lambda r: percentile(r["lags_ms"], 99)), ""))
+        rows.append(("… follower lag max (ms)", fl_stat(lambda r: r["lags_ms"][-1] if r["lags_ms"] else None), ""))
+        rows.append(("… commits never visible (a stall ends the run: none for 5 s + 2 sync intervals)", per_tool(lambda k, fl=fl: "%d / %d%s" % (
+            sum(r["missing"] for r in fl[k]), sum(r["commits"] for r in fl[k]),
+            " (stalled: %d of %d runs)" % (sum(r["stalled"] for r in fl[k]), len(fl[k])) if any(r["stalled"] for r in fl[k]) else "")
+            if fl.get(k) else "failed"), "0"))
+    fr = raw.get("follow_reopen", {})
+    if any(fr.values()):
+        def fr_stat(fn):
+            return per_tool(lambda k: summary([fn(r) for r in fr.get(k, []) if fn(r) is not None]))
+        rows.append(("follower CPU at 20 tx/s (% of a core)", fr_stat(lambda r: r["cpu_pct"]), ""))
+        rows.append(("follower idle CPU, primary idle (% of a core)", fr_stat(lambda r: r.get("idle_cpu_pct")), ""))
+        rows.append(("follower peak RSS, VmHWM (MiB)", fr_stat(lambda r: r["hwm_kib"] / 1024 if r.get("hwm_kib") else None), ""))
+        rows.append(("primary idle CPU with a live follower (% of a core)", fr_stat(lambda r: r.get("primary_idle_cpu_pct")), ""))
     return rows
 
 
@@ -197,10 +232,14 @@ def markdown(meta, rows, tools_run, notes):
 
 COLORS = {"walship": "#1f77b4", "ls-default": "#d62728", "ls-10ms": "#ff7f0e"}
 LABELS = {"walship": "walship", "ls-default": "Litestream (default 1 s)", "ls-10ms": "Litestream (10 ms)"}
+# (raw key, dash pattern, legend suffix) of the lag families drawn
+SERIES = [("lag", None, "folder replica"), ("follow", "7 4", "follower, long-lived reader"),
+          ("follow_reopen", "2 3", "follower, new reader per poll")]
 
 
-def lag_svg(lag, title):
-    """Cumulative distribution of every commit's lag (all runs pooled), x on a log scale."""
+def lag_svg(lag, title, follow=None, follow_reopen=None):
+    """Cumulative distribution of every commit's lag (all runs pooled), x on a log scale:
+    solid = file in the folder replica, dashed/dotted = row readable on a live follower."""
     W, H, L, R, T, B = 760, 420, 70, 20, 40, 60
     lo, hi = 0.1, 5000.0
     def x(ms):
@@ -220,24 +259,33 @@ def lag_svg(lag, title):
     for f in (0, 0.25, 0.5, 0.75, 1):
         s.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#eee"/>' % (L, y(f), W - R, y(f)))
         s.append('<text x="%d" y="%.1f" text-anchor="end">%d%%</text>' % (L - 6, y(f) + 4, f * 100))
-    s.append('<text x="%d" y="%d" text-anchor="middle">lag from commit return to file visible in replica (ms, log scale; clamped to 0.1 ms)</text>' % ((L + W - R) // 2, H - 22))
+    s.append('<text x="%d" y="%d" text-anchor="middle">lag from commit return to file visible in replica (solid) or row readable on a</text>' % ((L + W - R) // 2, H - 26))
+    s.append('<text x="%d" y="%d" text-anchor="middle">live follower (dashed, dotted) (ms, log scale; clamped to 0.1 ms)</text>' % ((L + W - R) // 2, H - 10))
     s.append('<text transform="translate(16,%d) rotate(-90)" text-anchor="middle">commits with lag ≤ x</text>' % ((T + H - B) // 2))
     s.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#333"/>' % (L, T, W - L - R, H - T - B))
     ly = T + 30
-    for k in TOOLS:
-        vals = sorted(v for run in lag.get(k, []) for v in run["lags_ms"])
-        if not vals:
-            continue
-        n = len(vals)
-        pts = ["%.1f,%.1f" % (x(vals[0]), y(0))]
-        for i, v in enumerate(vals):
-            pts.append("%.1f,%.1f" % (x(v), y(i / n)))
-            pts.append("%.1f,%.1f" % (x(v), y((i + 1) / n)))
-        s.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' % (COLORS[k], " ".join(pts)))
-        med = percentile(vals, 50)
-        s.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/>' % (L + 10, ly - 5, COLORS[k]))
-        s.append('<text x="%d" y="%d">%s: n=%d, median %s ms, max %s ms</text>' % (L + 30, ly, _esc(LABELS[k]), n, fmt_num(med), fmt_num(vals[-1])))
-        ly += 18
+    families = {"lag": lag, "follow": follow or {}, "follow_reopen": follow_reopen or {}}
+    for key, dash, what in SERIES:
+        for k in TOOLS:
+            vals = sorted(v for run in families[key].get(k, []) for v in run["lags_ms"])
+            if not vals:
+                if any(run.get("stalled") for run in families[key].get(k, [])):
+                    s.append('<text x="%d" y="%d">%s → %s: stalled, no commit visible (no curve)</text>' % (
+                        L + 30, ly, _esc(LABELS[k]), what))
+                    ly += 18
+                continue
+            n = len(vals)
+            pts = ["%.1f,%.1f" % (x(vals[0]), y(0))]
+            for i, v in enumerate(vals):
+                pts.append("%.1f,%.1f" % (x(v), y(i / n)))
+                pts.append("%.1f,%.1f" % (x(v), y((i + 1) / n)))
+            da = ' stroke-dasharray="%s"' % dash if dash else ""
+            s.append('<polyline fill="none" stroke="%s" stroke-width="2"%s points="%s"/>' % (COLORS[k], da, " ".join(pts)))
+            med = percentile(vals, 50)
+            s.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"%s/>' % (L + 8, ly - 4, L + 26, ly - 4, COLORS[k], da))
+            s.append('<text x="%d" y="%d">%s → %s: n=%d, median %s ms, max %s ms</text>' % (
+                L + 30, ly, _esc(LABELS[k]), what, n, fmt_num(med), fmt_num(vals[-1])))
+            ly += 18
     s.append("</svg>")
     return "\n".join(s) + "\n"
 

@@ -12,6 +12,9 @@ plain numbers, which `report.py` summarises over runs.
   the bucket listing.
 - `s3_requests`: S3 requests (from moto's log) while idle, then at 10 tx/s.
 - `restore`: restore time of a big database vs `cp` + fsync of the same file.
+- `follower`: paced writer, commit return → the row readable in a live follower's db
+  (walship `follow` of the primary's --listen server, Litestream `restore -f` of the
+  folder replica); then the follower's CPU with the primary idle, and its peak RSS.
 """
 
 import bisect
@@ -20,7 +23,8 @@ import sqlite3
 import subprocess
 import time
 
-from harness import (App, Replicator, S3Watcher, Watcher, create_db, dir_bytes, list_files, ltx_max_txid, run_timed)
+from harness import (App, Follower, Replicator, S3Watcher, Watcher, create_db, dir_bytes, free_port, http_json,
+                     list_files, ltx_max_txid, run_timed)
 
 
 class Ctx:
@@ -34,8 +38,8 @@ class Ctx:
         return d, os.path.join(d, "app.db"), os.path.join(d, "replica")
 
 
-def _start(ctx, tool, db, replica, d):
-    r = Replicator(tool, db, replica, d)
+def _start(ctx, tool, db, replica, d, listen=None):
+    r = Replicator(tool, db, replica, d, listen)
     try:
         r.wait_ready()
     except Exception:
@@ -48,7 +52,7 @@ def _start(ctx, tool, db, replica, d):
 def _stop(r):
     rc = r.stop()
     if rc != 0:
-        raise RuntimeError("%s exited %s after SIGINT; log tail:\n%s" % (r.tool.label, rc, r.tail()))
+        raise RuntimeError("%s exited %s after SIGINT; log tail:\n%s" % (r.label, rc, r.tail()))
 
 
 def _pace(t0, i, rate):
@@ -347,4 +351,122 @@ def restore(ctx, label, size_bytes, tools, reps):
             os.remove(out)
         res["tools"][tool.key] = t
         subprocess.run(["rm", "-rf", rep], check=True)
+    return res
+
+
+# ---------------------------------------------------------------------------- follower
+
+def _max_id(db, conn=None):
+    """max(id) in the follower's db through conn, or a read-only connection of its own."""
+    c = conn or sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+    try:
+        return c.execute("SELECT coalesce(max(id), 0) FROM t").fetchone()[0]
+    finally:
+        if conn is None:
+            c.close()
+
+
+def _until(cond, timeout, what, step=0.005):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            raise RuntimeError("%s: not within %.0f s" % (what, timeout))
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def follower(ctx, tool, seconds, idle_s=0, rate=20.0, reopen=False):
+    """Paced writer (one row per transaction); after each commit a read-only reader of the
+    follower's db polls SELECT max(id) (0.1 ms apart) until the row is there, and the
+    commit's lag runs to that poll's answer. Commits stay on the rate: a commit still
+    pending when the next is due is resolved by later polls. The reader is one long-lived
+    connection, or (reopen) a new connection per poll. If the oldest pending commit is
+    not visible within 5 s (+ 2 × the tool's sync interval), the run stops there
+    (stalled): the long-lived reader is closed and we note whether the follower then
+    catches up. Then, if idle_s, the follower's and the primary's CPU while the primary is
+    idle for idle_s."""
+    d, db, rep = ctx.fresh(("follow-reopen-" if reopen else "follow-") + tool.key)
+    fdb = os.path.join(d, "follower.db")
+    create_db(db)
+    listen = "127.0.0.1:%d" % free_port() if tool.kind == "walship" else None
+    name = os.path.splitext(os.path.basename(db))[0]
+    give_up = 5 + 2 * tool.settle
+    r = _start(ctx, tool, db, rep, d, listen)
+    f = reader = None
+    try:
+        if listen:
+            _until(lambda: http_json("GET", listen, "/status", timeout=2)[0] == 200, 30, "GET /status on the primary")
+        app = App(db)
+        f = Follower(tool, "http://%s/%s" % (listen, name) if listen else rep, fdb, d)
+        f.wait_ready()
+        _until(lambda: _max_id(fdb) >= app.seq, 30, "follower catching up")
+        if listen:  # the primary's view: /sync, then /status lists the follower at that TXID
+            code, body = http_json("POST", listen, "/sync/" + name)
+            if code != 200:
+                raise RuntimeError("POST /sync/%s: HTTP %s" % (name, code))
+
+            def at_sync():
+                st = http_json("GET", listen, "/status", timeout=2)[1] or {}
+                return any(x["txid"] >= body["txid"] for db_ in st.get("databases", []) if db_["name"] == name
+                           for x in db_["followers"])
+            _until(at_sync, 10, "the primary's /status listing the follower at TXID %s" % body["txid"])
+        time.sleep(0.1 + tool.settle)
+        if not reopen:
+            reader = sqlite3.connect("file:%s?mode=ro" % fdb, uri=True)
+        pending, lags, stalled = [], [], False  # pending: (id, commit return time)
+        n = int(seconds * rate)
+        cpu0 = f.cpu()
+        t0 = time.monotonic()
+        for i in range(n + 1):
+            due = t0 + i / rate if i < n else float("inf")
+            while pending and time.monotonic() < due:
+                seen = _max_id(fdb, reader)
+                now = time.monotonic()
+                while pending and pending[0][0] <= seen:
+                    lags.append((now - pending.pop(0)[1]) * 1000)
+                if pending and now - pending[0][1] > give_up:
+                    stalled = True
+                    break
+                time.sleep(0.0001)
+            if i == n or stalled:
+                break
+            _pace(t0, i, rate)
+            app.commit()
+            pending.append((app.seq, time.monotonic()))
+        t1 = time.monotonic()
+        res = {"commits": len(lags) + len(pending), "missing": len(pending), "lags_ms": sorted(round(x, 3) for x in lags),
+               "stalled": stalled, "reader": "new connection per poll" if reopen else "one long-lived connection",
+               "cpu_pct": (f.cpu() - cpu0) / (t1 - t0) * 100}
+        if reader:
+            reader.close()
+            reader = None
+        if stalled:
+            try:
+                res["caught_up_after_close_s"] = _until(lambda: _max_id(fdb) >= app.seq, give_up, "catch-up")
+            except RuntimeError:
+                res["caught_up_after_close_s"] = None
+        else:
+            q = "SELECT count(*), coalesce(max(id), 0) FROM t"
+            c = sqlite3.connect("file:%s?mode=ro" % fdb, uri=True)
+            a, b = app.conn.execute(q).fetchone(), c.execute(q).fetchone()
+            c.close()
+            if a != b:
+                raise RuntimeError("%s follower: (count, max id) %s != primary %s" % (tool.label, b, a))
+        if idle_s:
+            time.sleep(0.5 + 2 * tool.settle)
+            c0, p0, t0 = f.cpu(), r.cpu(), time.monotonic()
+            time.sleep(idle_s)
+            c1, p1, t1 = f.cpu(), r.cpu(), time.monotonic()
+            res.update(idle_s=t1 - t0, idle_cpu_pct=(c1 - c0) / (t1 - t0) * 100,
+                       primary_idle_cpu_pct=(p1 - p0) / (t1 - t0) * 100)
+        res["hwm_kib"] = f.hwm_kib()
+        app.close()
+    finally:
+        if reader:
+            reader.close()
+        try:
+            if f:
+                _stop(f)
+        finally:
+            _stop(r)
     return res

@@ -4,6 +4,7 @@
 //! - [`replicate`]: the `replicate` job: capture thread + one uploader per replica.
 //! - [`restore`]: rebuild a database from a replica (latest, TXID, timestamp).
 //! - [`capture`]: turns commits into local LTX files; owns every checkpoint.
+//!   - [`wake`]: inotify on the `-wal` + an eventfd: what wakes the capture thread.
 //!   - [`wal_tail`]: reads committed frames from the `-wal` file.
 //!   - [`sqlite`]: walship's own connections, `sqlite_dbpage`, the -shm write lock (the barrier) and lock probes.
 //!   - [`pagesums`]: per-page checksums of the captured state.
@@ -27,6 +28,7 @@ pub mod replicate;
 pub mod restore;
 pub mod sqlite;
 pub mod store;
+pub mod wake;
 pub mod wal_tail;
 
 pub use error::{Error, Result};

@@ -4,13 +4,13 @@
 //! a follower that needs one; a sync on the primary).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Sender;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ltx::TxId;
 
 use crate::local::Pos;
+use crate::wake::Waker;
 
 /// One database as seen by the server and by its producer.
 #[derive(Debug)]
@@ -20,7 +20,7 @@ pub struct Feed {
     state: Mutex<State>,
     cv: Condvar,
     /// Wakes the producer (the capture loop on a primary).
-    waker: Mutex<Option<Sender<()>>>,
+    waker: Mutex<Option<Waker>>,
 }
 
 #[derive(Debug, Default)]
@@ -67,7 +67,7 @@ impl Feed {
     }
 
     /// Sets the channel that wakes the producer.
-    pub fn set_waker(&self, waker: Sender<()>) {
+    pub fn set_waker(&self, waker: Waker) {
         *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
     }
 
@@ -85,7 +85,7 @@ impl Feed {
 
     fn wake_producer(&self) {
         if let Some(w) = &*self.waker.lock().unwrap_or_else(|p| p.into_inner()) {
-            let _ = w.send(());
+            w.wake();
         }
     }
 

@@ -1,23 +1,22 @@
 //! `walship replicate`: one capture thread per database, woken by inotify (with a
-//! 100 ms tick as fallback), and one uploader thread per replica, so a slow or failing
+//! 100 ms tick as fallback; see [`crate::wake`]), and one uploader thread per replica, so a slow or failing
 //! replica never holds up capture or the other replicas. Local files are removed once
 //! every replica has them; a replica that lacks history is seeded with a snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use ltx::{Checksum, TxId};
-use notify::Watcher;
 
-use crate::capture::{Capture, CaptureOptions, sibling};
+use crate::capture::{Capture, CaptureOptions};
 use crate::error::{Error, Result};
 use crate::live::feed::Feed;
 use crate::local::{self, LocalDir, Pos};
 use crate::replica_form;
 use crate::store::{FileKey, SNAPSHOT_LEVEL, Store, list_all};
+use crate::wake::Wake;
 
 /// The fallback wake-up interval when no file event arrives.
 const TICK: Duration = Duration::from_millis(100);
@@ -76,12 +75,11 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
         })
         .collect();
 
-    let (tx, rx) = mpsc::channel();
+    let wake = Wake::new(&path)?;
     if let Some(feed) = &db.feed {
-        feed.set_waker(tx.clone());
+        feed.set_waker(wake.waker());
     }
-    let _watcher = watch(&path, tx)?;
-    let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &rx, &stop);
+    let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &wake, &stop);
     let closed = capture.close();
     if let Some(feed) = &db.feed {
         feed.stop();
@@ -108,17 +106,13 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, rx: &Receiver<()>, stop: &AtomicBool) -> Result<()> {
+fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wake: &Wake, stop: &AtomicBool) -> Result<()> {
     let mut pruned_at = None;
     if let Some(feed) = feed {
         feed.publish(capture.pos(), crate::capture::now_ms());
     }
     while !stop.load(Ordering::Relaxed) {
-        match rx.recv_timeout(TICK) {
-            Ok(()) => while rx.try_recv().is_ok() {},
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
-        }
+        wake.wait(TICK);
         // Sync requests made before this pass are answered by it.
         let asked = feed.map(Feed::sync_asked);
         match capture.tick() {
@@ -360,27 +354,6 @@ fn pending(root: &Path, remote: TxId) -> Option<(FileKey, PathBuf)> {
 fn snapshot_covering(root: &Path, next: TxId) -> Option<(FileKey, PathBuf)> {
     let key = local::list(root, SNAPSHOT_LEVEL).ok()?.into_iter().filter(|k| k.max.0 + 1 >= next.0).max()?;
     Some((key, local::file_path(root, key)))
-}
-
-fn watch(db: &Path, tx: Sender<()>) -> Result<notify::RecommendedWatcher> {
-    let wal = sibling(db, "-wal");
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only writes and creation: opens and closes (capture's own reads among them)
-        // must not wake capture, or each tick would trigger the next.
-        let relevant = event.is_ok_and(|e| {
-            matches!(e.kind, notify::EventKind::Modify(_) | notify::EventKind::Create(_))
-                && e.paths.iter().any(|p| p == &wal)
-        });
-        if relevant {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(|e| Error::io("start file watcher", std::io::Error::other(e)))?;
-    let dir = db.parent().unwrap_or(Path::new("."));
-    watcher
-        .watch(dir, notify::RecursiveMode::NonRecursive)
-        .map_err(|e| Error::io(format!("watch {}", dir.display()), std::io::Error::other(e)))?;
-    Ok(watcher)
 }
 
 /// State shared by a database's capture thread and its uploaders.
