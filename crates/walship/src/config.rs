@@ -19,9 +19,20 @@
 //!       endpoint: http://127.0.0.1:9000   # S3-compatibles; optional
 //!       region: us-east-1
 //!       force-path-style: true
+//! levels:                 # compaction levels 1, 2, 3 (Litestream 0.5's key and defaults)
+//!   - interval: 30s
+//!   - interval: 5m
+//!   - interval: 1h
+//! snapshot:               # full snapshots (level 9) and how long history is kept
+//!   interval: 24h
+//!   retention: 24h
 //! ```
+//!
+//! A replica may override these with `retention`, `snapshot-interval`,
+//! `retention-check-interval` and its own `levels` ([`Compaction`] has the defaults).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -46,6 +57,147 @@ pub struct Config {
     /// Accepted for Litestream compatibility and ignored.
     #[serde(default, rename = "logging")]
     pub _logging: Option<serde::de::IgnoredAny>,
+    /// Compaction levels 1, 2, 3, … and how often each runs (Litestream 0.5's `levels`).
+    #[serde(default)]
+    pub levels: Option<Vec<LevelConfig>>,
+    /// Full snapshots and retention (Litestream 0.5's `snapshot`).
+    #[serde(default)]
+    pub snapshot: Option<SnapshotConfig>,
+    /// Accepted and ignored: walship keeps level-0 files for the whole `retention`
+    /// window, so that every TXID in it stays restorable.
+    #[serde(default, rename = "l0-retention")]
+    pub _l0_retention: Option<serde::de::IgnoredAny>,
+    /// Accepted and ignored (see `l0-retention`).
+    #[serde(default, rename = "l0-retention-check-interval")]
+    pub _l0_retention_check_interval: Option<serde::de::IgnoredAny>,
+}
+
+/// One compaction level (`levels:` entry).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelConfig {
+    /// How often the level is compacted, as a Go duration (`30s`, `5m`, `1h`).
+    pub interval: String,
+}
+
+/// Litestream 0.5's `snapshot:` section.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// How often a full snapshot is written (default 24h).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// How long every state stays restorable (default 24h).
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+/// Compaction and retention of one replica. The defaults are Litestream 0.5's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// How often levels 1, 2, 3, … (at most 8) are compacted: each merges the files of
+    /// the level below that it does not cover yet into one file. Default 30 s, 5 min,
+    /// 1 h. More levels or longer intervals: fewer files to restore, later merges.
+    /// Empty: no compaction (level-0 files and snapshots only).
+    pub levels: Vec<Duration>,
+    /// How often a full snapshot (level 9) is made from the replica's files. Default
+    /// 24 h. Shorter: faster restores, one database-sized upload each time.
+    pub snapshot_interval: Duration,
+    /// How long every state stays restorable (by TXID or time). Default 24 h. Older
+    /// files go once a snapshot older than the window makes them unnecessary, so a
+    /// replica holds between one `retention` and one `retention + snapshot_interval`
+    /// of history.
+    pub retention: Duration,
+    /// How often retention is enforced. Default 1 h (each check lists every level).
+    pub retention_check_interval: Duration,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            levels: vec![Duration::from_secs(30), Duration::from_secs(5 * 60), Duration::from_secs(3600)],
+            snapshot_interval: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(24 * 3600),
+            retention_check_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The most compaction levels (level 9 holds snapshots).
+pub const MAX_LEVELS: usize = 8;
+
+impl Compaction {
+    /// These settings with the keys that are given replaced (`what` names the place in
+    /// messages).
+    fn with(
+        &self,
+        what: &str,
+        levels: Option<&[LevelConfig]>,
+        snapshot_interval: Option<&str>,
+        retention: Option<&str>,
+        retention_check_interval: Option<&str>,
+    ) -> Result<Compaction> {
+        let positive = |key: &str, text: &str| {
+            let d = parse_duration(text).map_err(|e| Error::Invalid(format!("config: {what}`{key}`: {e}")))?;
+            if d.is_zero() {
+                return Err(Error::Invalid(format!("config: {what}`{key}` must be greater than 0")));
+            }
+            Ok(d)
+        };
+        let mut out = self.clone();
+        if let Some(levels) = levels {
+            if levels.len() > MAX_LEVELS {
+                return Err(Error::Invalid(format!(
+                    "config: {what}`levels` lists {} levels; at most {MAX_LEVELS} (level 9 holds snapshots)",
+                    levels.len()
+                )));
+            }
+            out.levels = levels.iter().map(|l| positive("levels[].interval", &l.interval)).collect::<Result<_>>()?;
+        }
+        if let Some(t) = snapshot_interval {
+            out.snapshot_interval = positive("snapshot-interval", t)?;
+        }
+        if let Some(t) = retention {
+            out.retention = positive("retention", t)?;
+        }
+        if let Some(t) = retention_check_interval {
+            out.retention_check_interval = positive("retention-check-interval", t)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Parses a Go duration: decimal numbers with units `ns`, `us` (or `µs`), `ms`, `s`,
+/// `m`, `h`, e.g. `30s`, `1h30m`, `1.5h`, `500ms`; a bare `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration> {
+    let bad = || Error::Invalid(format!("{text:?} is not a duration like 30s, 5m, 1h or 1h30m"));
+    let t = text.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    if t.is_empty() {
+        return Err(bad());
+    }
+    let mut rest = t;
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let num: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total += num * scale;
+    }
+    Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
 /// One database.
@@ -73,6 +225,10 @@ pub struct DbConfig {
     /// TRUNCATE the WAL once it is larger than this many bytes (default 8 MiB).
     #[serde(default)]
     pub truncate_bytes: Option<u64>,
+    /// Compaction and retention of each replica, in the order of
+    /// [`DbConfig::replica_locations`] (filled in by [`parse`]).
+    #[serde(skip)]
+    pub compaction: Vec<Compaction>,
 }
 
 /// One replica destination.
@@ -115,20 +271,23 @@ pub struct ReplicaConfig {
     /// Azure account key (else from the environment).
     #[serde(default)]
     pub account_key: Option<String>,
+    /// How long this replica keeps every state restorable (overrides `snapshot.retention`).
+    #[serde(default)]
+    pub retention: Option<String>,
+    /// How often retention is enforced on this replica (default 1h).
+    #[serde(default)]
+    pub retention_check_interval: Option<String>,
+    /// How often this replica gets a full snapshot (overrides `snapshot.interval`).
+    #[serde(default)]
+    pub snapshot_interval: Option<String>,
+    /// This replica's compaction levels (overrides the top-level `levels`).
+    #[serde(default)]
+    pub levels: Option<Vec<LevelConfig>>,
     /// Litestream's tuning keys, accepted so that its configs load, and ignored:
-    /// uploads start at once, compaction and retention are walship's own, TLS is
-    /// always verified, and request signing and part sizes are the client's.
+    /// uploads start at once, TLS is always verified, and request signing and part
+    /// sizes are the client's.
     #[serde(default, rename = "sync-interval")]
     pub _sync_interval: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "retention")]
-    #[doc(hidden)]
-    pub _retention: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "retention-check-interval")]
-    #[doc(hidden)]
-    pub _retention_check_interval: Option<serde::de::IgnoredAny>,
-    #[serde(default, rename = "snapshot-interval")]
-    #[doc(hidden)]
-    pub _snapshot_interval: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "validation-interval")]
     #[doc(hidden)]
     pub _validation_interval: Option<serde::de::IgnoredAny>,
@@ -250,7 +409,7 @@ impl DbConfig {
 /// Parses a configuration text, expanding environment variables first.
 pub fn parse(text: &str) -> Result<Config> {
     let expanded = expand_env(text)?;
-    let config: Config = serde_saphyr::from_str(&expanded).map_err(|e| {
+    let mut config: Config = serde_saphyr::from_str(&expanded).map_err(|e| {
         // The parser appends a source snippet; the first line says what and where.
         let msg = e.to_string();
         let first = msg.lines().next().unwrap_or_default().trim_start_matches("error: ");
@@ -259,8 +418,30 @@ pub fn parse(text: &str) -> Result<Config> {
     if config.dbs.is_empty() {
         return Err(Error::Invalid("config: `dbs` lists no database".into()));
     }
-    for db in &config.dbs {
+    let global = Compaction::default().with(
+        "",
+        config.levels.as_deref(),
+        config.snapshot.as_ref().and_then(|s| s.interval.as_deref()),
+        config.snapshot.as_ref().and_then(|s| s.retention.as_deref()),
+        None,
+    )?;
+    for db in &mut config.dbs {
         db.replica_locations()?;
+        db.compaction = db
+            .replica
+            .iter()
+            .chain(&db.replicas)
+            .map(|r| {
+                let what = format!("replica of {}: ", db.path.display());
+                global.with(
+                    &what,
+                    r.levels.as_deref(),
+                    r.snapshot_interval.as_deref(),
+                    r.retention.as_deref(),
+                    r.retention_check_interval.as_deref(),
+                )
+            })
+            .collect::<Result<_>>()?;
     }
     Ok(config)
 }

@@ -2,6 +2,7 @@
 //!
 //! Map of the crate (dependencies point down the list):
 //! - [`replicate`]: the `replicate` job: capture thread + one uploader per replica.
+//! - [`compact`]: per-replica compaction (levels 1–3, snapshots at 9) and retention.
 //! - [`restore`]: rebuild a database from a replica (latest, TXID, timestamp).
 //! - [`capture`]: turns commits into local LTX files; owns every checkpoint.
 //!   - [`wake`]: inotify on the `-wal` + an eventfd: what wakes the capture thread.
@@ -17,6 +18,7 @@
 #![deny(missing_docs, unsafe_code)]
 
 pub mod capture;
+pub mod compact;
 pub mod config;
 pub mod durable;
 pub mod error;

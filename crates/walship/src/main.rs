@@ -232,7 +232,7 @@ fn replicate_cmd(
                     opts.truncate_bytes = n;
                 }
                 let replicas = db.replica_locations()?.iter().map(|r| open_replica(r)).collect::<Result<_, _>>()?;
-                Ok(DbSpec { opts, ..DbSpec::new(db.path, replicas) })
+                Ok(DbSpec { opts, compaction: db.compaction, ..DbSpec::new(db.path, replicas) })
             })
             .collect::<anyhow::Result<_>>()?
     } else {

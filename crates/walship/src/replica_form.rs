@@ -28,6 +28,15 @@ pub struct Checksums {
 /// Writes `local` to `out` in Litestream's form and returns the checksums it carried
 /// (`None` when it carried none).
 pub fn to_litestream_form(local: &Path, out: &Path) -> Result<Option<Checksums>> {
+    let dst = File::create(out).map_err(|e| Error::io(format!("create {}", out.display()), e))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, dst);
+    let sums = write_litestream_form(local, &mut w)?;
+    w.flush().map_err(|e| Error::io(format!("write {}", out.display()), e))?;
+    Ok(sums)
+}
+
+/// [`to_litestream_form`] into any writer (a `Vec` for small files).
+pub fn write_litestream_form(local: &Path, out: impl Write) -> Result<Option<Checksums>> {
     let name = local.display().to_string();
     let src = File::open(local).map_err(|e| Error::io(format!("open {name}"), e))?;
     let mut dec = Decoder::new(BufReader::with_capacity(256 * 1024, src)).map_err(|e| Error::ltx(name.clone(), e))?;
@@ -36,15 +45,14 @@ pub fn to_litestream_form(local: &Path, out: &Path) -> Result<Option<Checksums>>
     let pre = header.pre_apply_checksum;
     header.flags |= HEADER_FLAG_NO_CHECKSUM;
     header.pre_apply_checksum = Checksum::ZERO;
-    let dst = File::create(out).map_err(|e| Error::io(format!("create {}", out.display()), e))?;
-    let mut enc = Encoder::new(BufWriter::with_capacity(256 * 1024, dst), &header).map_err(|e| Error::ltx(name.clone(), e))?;
+    let mut enc = Encoder::new(out, &header).map_err(|e| Error::ltx(name.clone(), e))?;
     let mut page = Vec::new();
     while let Some(pgno) = dec.next_page(&mut page).map_err(|e| Error::ltx(name.clone(), e))? {
         enc.encode_page_compressed(pgno, &page, dec.compressed()).map_err(|e| Error::ltx(name.clone(), e))?;
     }
     let trailer = dec.finish().map_err(|e| Error::ltx(name.clone(), e))?;
     enc.finish(Checksum::ZERO).map_err(|e| Error::ltx(name.clone(), e))?;
-    enc.into_inner().flush().map_err(|e| Error::io(format!("write {}", out.display()), e))?;
+    enc.into_inner().flush().map_err(|e| Error::io(format!("write {name} in Litestream's form"), e))?;
     Ok(had.then_some(Checksums { pre, post: trailer.post_apply_checksum }))
 }
 

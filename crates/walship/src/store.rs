@@ -88,6 +88,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     }
     /// Stores a file from a local path.
     fn put(&self, key: FileKey, local: &std::path::Path) -> Result<()>;
+    /// Stores a small file (at most [`PUT_BYTES_MAX`]) held in memory; same rules as `put`.
+    fn put_bytes(&self, key: FileKey, bytes: &[u8]) -> Result<()>;
     /// Opens a file for streaming reads.
     fn open(&self, key: FileKey) -> Result<Box<dyn Read + Send>>;
     /// Deletes a file (a missing file is not an error).
@@ -103,6 +105,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Reads a walship-only object; `None` when it does not exist.
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
 }
+
+/// The largest file [`Store::put_bytes`] takes (larger ones go through a local file).
+pub const PUT_BYTES_MAX: usize = 4 << 20;
 
 /// Lists every level (0..=9) of a store, sorted by level then TXID.
 pub fn list_all(store: &dyn Store) -> Result<Vec<FileInfo>> {

@@ -2,6 +2,7 @@
 //! 100 ms tick as fallback; see [`crate::wake`]), and one uploader thread per replica, so a slow or failing
 //! replica never holds up capture or the other replicas. Local files are removed once
 //! every replica has them; a replica that lacks history is seeded with a snapshot.
+//! Each replica also has a compactor thread ([`compact`]): levels, snapshots, retention.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,11 +12,13 @@ use std::time::{Duration, Instant};
 use ltx::{Checksum, TxId};
 
 use crate::capture::{Capture, CaptureOptions};
+use crate::compact;
+use crate::config::Compaction;
 use crate::error::{Error, Result};
 use crate::live::feed::Feed;
 use crate::local::{self, LocalDir, Pos};
 use crate::replica_form;
-use crate::store::{FileKey, SNAPSHOT_LEVEL, Store, list_all};
+use crate::store::{FileKey, PUT_BYTES_MAX, SNAPSHOT_LEVEL, Store, list_all};
 use crate::wake::Wake;
 
 /// The fallback wake-up interval when no file event arrives.
@@ -38,12 +41,15 @@ pub struct DbSpec {
     pub drain: Duration,
     /// Live followers served from this database, if any.
     pub feed: Option<Arc<Feed>>,
+    /// Compaction and retention of each replica, in order (a missing entry means the
+    /// defaults).
+    pub compaction: Vec<Compaction>,
 }
 
 impl DbSpec {
     /// A database with default tuning.
     pub fn new(path: PathBuf, replicas: Vec<Box<dyn Store>>) -> Self {
-        DbSpec { path, replicas, opts: CaptureOptions::default(), drain: Duration::from_secs(30), feed: None }
+        DbSpec { path, replicas, opts: CaptureOptions::default(), drain: Duration::from_secs(30), feed: None, compaction: Vec::new() }
     }
 }
 
@@ -64,14 +70,24 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
 
     let shared = Arc::new(Shared::new(db.replicas.len()));
     let root = LocalDir::path_for(&path);
-    let uploaders: Vec<_> = db
-        .replicas
-        .into_iter()
+    let stores: Vec<Arc<dyn Store>> = db.replicas.into_iter().map(Arc::from).collect();
+    let uploaders: Vec<_> = stores
+        .iter()
         .enumerate()
         .map(|(i, store)| {
+            let store = store.clone();
             let shared = shared.clone();
             let root = root.clone();
             std::thread::spawn(move || upload_loop(i, store.as_ref(), &root, &shared))
+        })
+        .collect();
+    let halt = Arc::new(AtomicBool::new(false));
+    let compactors: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let settings = db.compaction.get(i).cloned().unwrap_or_default();
+            compact::spawn(store.clone(), settings, root.clone(), format!("compact-{i}"), halt.clone())
         })
         .collect();
 
@@ -80,6 +96,7 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
         feed.set_waker(wake.waker());
     }
     let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &wake, &stop);
+    halt.store(true, Ordering::Relaxed);
     let closed = capture.close();
     if let Some(feed) = &db.feed {
         feed.stop();
@@ -100,6 +117,11 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
                 db.drain.as_secs()
             )));
         }
+    }
+    // A compactor stops between two files; one stuck in a storage call is left behind.
+    let deadline = Instant::now() + db.drain;
+    while compactors.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
     result?;
     closed?;
@@ -302,6 +324,16 @@ impl Backoff {
 /// Uploads one local file in Litestream's form, its checksum record first (a record
 /// without its file is ignored by restore; a file without its record is still usable).
 fn upload(store: &dyn Store, root: &Path, replica: usize, key: FileKey, local: &Path) -> Result<()> {
+    let size = std::fs::metadata(local).map_err(|e| Error::io(format!("stat {}", local.display()), e))?.len();
+    if size as usize <= PUT_BYTES_MAX / 2 {
+        // Small files (nearly all of them) are converted in memory: no temporary file.
+        let mut bytes = Vec::with_capacity(size as usize + 1024);
+        let sums = replica_form::write_litestream_form(local, &mut bytes)?;
+        if let Some(sums) = sums {
+            replica_form::put_checksums(store, key, sums)?;
+        }
+        return store.put_bytes(key, &bytes);
+    }
     let tmp = root.join(format!(".upload-{replica}-{}", key.file_name()));
     let result = replica_form::to_litestream_form(local, &tmp)
         .and_then(|sums| sums.map_or(Ok(()), |sums| replica_form::put_checksums(store, key, sums)))

@@ -111,6 +111,18 @@ impl Store for FaultyStore {
         Ok(())
     }
 
+    fn put_bytes(&self, key: FileKey, bytes: &[u8]) -> Result<()> {
+        let (fail, draw) = self.next();
+        if fail {
+            return Err(Self::fault("put"));
+        }
+        self.inner.put_bytes(key, bytes)?;
+        if draw < self.faults.lost {
+            return Err(Self::fault("put (reply lost)"));
+        }
+        Ok(())
+    }
+
     fn open(&self, key: FileKey) -> Result<Box<dyn Read + Send>> {
         if self.next().0 {
             return Err(Self::fault("open"));

@@ -67,6 +67,11 @@ impl Store for FolderStore {
         })
     }
 
+    fn put_bytes(&self, key: FileKey, bytes: &[u8]) -> Result<()> {
+        durable::create_dir_all(&self.level_dir(key.level))?;
+        durable::write_bytes(&self.path(key), durable::Mode::CreateNew, bytes)
+    }
+
     fn open(&self, key: FileKey) -> Result<Box<dyn Read + Send>> {
         let path = self.path(key);
         match fs::File::open(&path) {

@@ -307,6 +307,18 @@ impl ObjectStore {
         self.runtime.block_on(f)
     }
 
+    /// One conditional PUT: fails with [`Error::AlreadyExists`] when the key exists.
+    fn put_created(&self, path: &ObjPath, key: FileKey, bytes: Vec<u8>) -> Result<()> {
+        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.block_on(self.ops.put_opts(path, PutPayload::from(bytes), opts)) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Err(Error::AlreadyExists(PathBuf::from(format!("{} in {}", self.spec.key(key), self.describe()))))
+            }
+            Err(e) => Err(self.err(format!("upload {key}"), e)),
+        }
+    }
+
     fn put_multipart(&self, path: &ObjPath, file: &mut std::fs::File, key: FileKey) -> Result<()> {
         // Multipart uploads cannot be conditional: check first. Keys are content
         // addressed by TXID range, so a lost race only rewrites the same file.
@@ -529,14 +541,12 @@ impl Store for ObjectStore {
         }
         let mut bytes = Vec::with_capacity(size as usize);
         file.read_to_end(&mut bytes).map_err(|e| Error::io(format!("read {}", local.display()), e))?;
-        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.block_on(self.ops.put_opts(&path, PutPayload::from(bytes), opts)) {
-            Ok(_) => Ok(()),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Err(Error::AlreadyExists(PathBuf::from(format!("{} in {}", self.spec.key(key), self.describe()))))
-            }
-            Err(e) => Err(self.err(format!("upload {key}"), e)),
-        }
+        self.put_created(&path, key, bytes)
+    }
+
+    fn put_bytes(&self, key: FileKey, bytes: &[u8]) -> Result<()> {
+        let path = self.path(&self.spec.key(key))?;
+        self.put_created(&path, key, bytes.to_vec())
     }
 
     fn open(&self, key: FileKey) -> Result<Box<dyn Read + Send>> {
