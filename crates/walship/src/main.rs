@@ -15,7 +15,8 @@ use walship::live::server::{self, Served};
 use walship::local::LocalDir;
 use walship::replicate::{self, DbSpec};
 use walship::restore::{self, Check, Target};
-use walship::store;
+use walship::store::{self, Store as _};
+use walship::store::counted::{Counted, Counts};
 
 /// Streams a live SQLite database's changes to replicas; restores it from them.
 #[derive(Parser)]
@@ -194,18 +195,21 @@ fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-/// Opens a replica for `replicate`, wrapped in fault injection when the test-only
-/// variable `WALSHIP_TEST_STORE_FAULTS` is set.
-fn open_replica(arg: &str) -> walship::Result<Box<dyn store::Store>> {
-    let store = store::open(arg)?;
-    match std::env::var("WALSHIP_TEST_STORE_FAULTS") {
-        Ok(spec) => {
-            let faults = store::faulty::Faults::parse(&spec)?;
-            tracing::warn!(replica = arg, faults = spec, "injecting storage faults (WALSHIP_TEST_STORE_FAULTS)");
-            Ok(Box::new(store::faulty::FaultyStore::new(store, faults)))
-        }
-        Err(_) => Ok(store),
+/// Request counters of each replica, logged at exit.
+type RequestCounts = Vec<(String, Arc<Counts>)>;
+
+/// Opens a replica for `replicate`, counting its requests, and wrapped in fault
+/// injection when the test-only variable `WALSHIP_TEST_STORE_FAULTS` is set.
+fn open_replica(arg: &str, counts: &mut RequestCounts) -> walship::Result<Box<dyn store::Store>> {
+    let mut store = store::open(arg)?;
+    if let Ok(spec) = std::env::var("WALSHIP_TEST_STORE_FAULTS") {
+        let faults = store::faulty::Faults::parse(&spec)?;
+        tracing::warn!(replica = arg, faults = spec, "injecting storage faults (WALSHIP_TEST_STORE_FAULTS)");
+        store = Box::new(store::faulty::FaultyStore::new(store, faults));
     }
+    let counted = Counted::new(store);
+    counts.push((counted.describe(), counted.counts()));
+    Ok(Box::new(counted))
 }
 
 fn replicate_cmd(
@@ -215,6 +219,7 @@ fn replicate_cmd(
     mut listen: Option<String>,
     mut token: Option<String>,
 ) -> anyhow::Result<()> {
+    let mut counts = RequestCounts::new();
     let mut specs: Vec<DbSpec> = if let Some(path) = config {
         let text = std::fs::read_to_string(&path).with_context(|| format!("read config {}", path.display()))?;
         let config = walship::config::parse(&text)?;
@@ -231,7 +236,7 @@ fn replicate_cmd(
                 if let Some(n) = db.truncate_bytes {
                     opts.truncate_bytes = n;
                 }
-                let replicas = db.replica_locations()?.iter().map(|r| open_replica(r)).collect::<Result<_, _>>()?;
+                let replicas = db.replica_locations()?.iter().map(|r| open_replica(r, &mut counts)).collect::<Result<_, _>>()?;
                 Ok(DbSpec { opts, compaction: db.compaction, ..DbSpec::new(db.path, replicas) })
             })
             .collect::<anyhow::Result<_>>()?
@@ -240,7 +245,7 @@ fn replicate_cmd(
         if replicas.is_empty() && listen.is_none() {
             bail!("give at least one REPLICA after the database (a folder path or URL), or --listen to serve live followers");
         }
-        let replicas = replicas.iter().map(|r| open_replica(r)).collect::<Result<_, _>>()?;
+        let replicas = replicas.iter().map(|r| open_replica(r, &mut counts)).collect::<Result<_, _>>()?;
         vec![DbSpec::new(db, replicas)]
     };
     let _server = match &listen {
@@ -281,6 +286,9 @@ fn replicate_cmd(
             }
             Err(_) => bail!("{name}: the replication thread crashed"),
         }
+    }
+    for (replica, c) in &counts {
+        tracing::info!(replica, requests = %c, "storage requests made");
     }
     first_error.map_or(Ok(()), Err)
 }

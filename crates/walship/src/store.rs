@@ -8,6 +8,7 @@
 //! - [`open`]: turns a replica argument (path, `file://`, `s3://`, `abs://`, `gs://` URL)
 //!   into a store.
 
+pub mod counted;
 pub mod faulty;
 pub mod folder;
 pub mod object;
