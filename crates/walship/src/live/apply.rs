@@ -57,7 +57,8 @@ impl ReplicaDb {
         conn.execute("ATTACH DATABASE ?1 AS r", [path.to_string_lossy()])?;
         // NORMAL: a commit is not fsynced. After a power cut the replica may be older
         // than its position file; the checksum check at open then asks for a snapshot.
-        conn.execute_batch("PRAGMA r.cache_size=-1024; PRAGMA r.synchronous=NORMAL;")?;
+        // Checkpoints run on another thread (see `follow`), never in an apply.
+        conn.execute_batch("PRAGMA r.cache_size=-1024; PRAGMA r.synchronous=NORMAL; PRAGMA wal_autocheckpoint=0;")?;
         let mut db = ReplicaDb {
             conn,
             path: path.to_path_buf(),

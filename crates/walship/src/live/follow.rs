@@ -144,6 +144,18 @@ impl Follower {
 
     /// Follows until `stop` is set.
     pub fn run(mut self, stop: &AtomicBool) -> Result<()> {
+        let done = Arc::new(AtomicBool::new(false));
+        let checkpointer = {
+            let (path, done) = (self.db.path().to_path_buf(), done.clone());
+            std::thread::spawn(move || checkpoint_loop(&path, &done))
+        };
+        let result = self.follow(stop);
+        done.store(true, Ordering::Relaxed);
+        let _ = checkpointer.join();
+        result
+    }
+
+    fn follow(&mut self, stop: &AtomicBool) -> Result<()> {
         tracing::info!(source = %self.source.describe(), replica = %self.db.path().display(), txid = %self.db.pos().txid, "following");
         let mut backoff = Duration::ZERO;
         let mut idle = Duration::ZERO;
@@ -401,6 +413,28 @@ impl Follower {
         tracing::info!(file = %key, "wrote a snapshot for a cascaded follower");
         self.feed.publish(pos, now_ms());
         Ok(())
+    }
+}
+
+/// Keeps the replica's WAL short from a connection of its own, so that applying a
+/// file never waits for a checkpoint: PASSIVE once the WAL passes 4 MiB (it never
+/// blocks the follower or readers).
+fn checkpoint_loop(replica: &Path, done: &AtomicBool) {
+    let wal = crate::capture::sibling(replica, "-wal");
+    let mut conn: Option<rusqlite::Connection> = None;
+    while !done.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        if std::fs::metadata(&wal).map_or(0, |m| m.len()) < 4 << 20 {
+            continue;
+        }
+        if conn.is_none() {
+            conn = crate::sqlite::open(replica, Duration::from_millis(100)).ok();
+        }
+        if let Some(c) = &conn
+            && let Err(e) = crate::sqlite::checkpoint(c, "PASSIVE")
+        {
+            tracing::debug!(error = %e, "replica checkpoint");
+        }
     }
 }
 
