@@ -57,42 +57,40 @@ pub fn spawn(
 }
 
 /// The compactor's loop: compaction levels, snapshots and retention on their
-/// intervals (aligned on the wall clock, so that at the top of an hour level 1 runs
-/// before 2 before 3), until `halt` is set. Failures are logged and retried at the
-/// next interval.
+/// intervals until `halt` is set. Each job first runs one interval after the start
+/// (a snapshot check also at the start: a replica whose newest snapshot is older than
+/// the interval gets one at once), then on the wall clock's multiples of its
+/// interval, so that at the top of an hour level 1 runs before 2 before 3. Failures
+/// are logged and retried at the next interval.
 pub fn run(store: &dyn Store, settings: Compaction, scratch: &Path, name: &str, halt: &AtomicBool) {
     let mut c = Compactor::new(store, settings, scratch, name);
     c.remove_scratch();
     let start = now_ms();
-    let mut level_runs = vec![start; c.settings.levels.len()];
-    let mut retention_run = start;
-    // The first snapshot check is at start: a replica whose newest snapshot is older
-    // than the interval (walship was down) gets one at once.
-    let mut snapshot_run: Option<i64> = None;
-    while !halt.load(Ordering::Relaxed) {
+    let after = |at: i64, interval: Duration| at.saturating_add(interval.as_millis().min(i64::MAX as u128) as i64);
+    let mut level_due: Vec<i64> = c.settings.levels.iter().map(|i| after(start, *i)).collect();
+    let mut snapshot_due = start;
+    let mut retention_due = after(start, c.settings.retention_check_interval);
+    let stopping = || halt.load(Ordering::Relaxed);
+    while !stopping() {
         let now = now_ms();
-        for i in 0..level_runs.len() {
-            if halt.load(Ordering::Relaxed) || !due(level_runs[i], now, c.settings.levels[i]) {
+        for (i, due) in level_due.iter_mut().enumerate() {
+            if stopping() || now < *due {
                 continue;
             }
-            level_runs[i] = now;
+            *due = next_slot(now, c.settings.levels[i]);
             let level = i as u8 + 1;
             if let Err(e) = c.compact_level(level, halt) {
                 tracing::warn!(replica = %store.describe(), level, error = %e, "cannot compact; retrying at the next interval");
             }
         }
-        let snapshot_due = match snapshot_run {
-            None => true,
-            Some(at) => due(at, now, c.settings.snapshot_interval),
-        };
-        if snapshot_due && !halt.load(Ordering::Relaxed) {
-            snapshot_run = Some(now);
+        if now >= snapshot_due && !stopping() {
+            snapshot_due = next_slot(now, c.settings.snapshot_interval);
             if let Err(e) = c.snapshot_if_due(now, halt) {
                 tracing::warn!(replica = %store.describe(), error = %e, "cannot write a snapshot; retrying at the next interval");
             }
         }
-        if due(retention_run, now, c.settings.retention_check_interval) && !halt.load(Ordering::Relaxed) {
-            retention_run = now;
+        if now >= retention_due && !stopping() {
+            retention_due = next_slot(now, c.settings.retention_check_interval);
             if let Err(e) = c.enforce_retention(now) {
                 tracing::warn!(replica = %store.describe(), error = %e, "cannot enforce retention; retrying at the next interval");
             }
@@ -102,11 +100,10 @@ pub fn run(store: &dyn Store, settings: Compaction, scratch: &Path, name: &str, 
     c.remove_scratch();
 }
 
-/// Whether a job last run at `last` (ms) is due at `now` on a wall-clock-aligned
-/// `interval`.
-fn due(last: i64, now: i64, interval: Duration) -> bool {
-    let every = (interval.as_millis() as i64).max(1);
-    now.div_euclid(every) > last.div_euclid(every)
+/// The first multiple of `interval` (ms since the epoch) after `now`.
+fn next_slot(now: i64, interval: Duration) -> i64 {
+    let every = (interval.as_millis().min(i64::MAX as u128) as i64).max(1);
+    (now.div_euclid(every) + 1).saturating_mul(every)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -378,8 +375,10 @@ impl<'a> Compactor<'a> {
             doomed.remove(&newest_l0);
         }
 
+        let oldest_kept = files.iter().filter(|k| !doomed.contains(*k)).map(|k| k.min).min();
         let mut doomed: Vec<FileKey> = doomed.into_iter().collect();
         doomed.sort_by_key(|k| (k.max, k.level));
+        // Any order is safe: every file deleted lies inside one that stays.
         for (i, key) in doomed.iter().enumerate() {
             if let Err(e) = self.store.delete(*key) {
                 tracing::warn!(replica = %self.store.describe(), deleted = i, "retention stopped part way");
@@ -391,7 +390,7 @@ impl<'a> Compactor<'a> {
             tracing::info!(
                 replica = %self.store.describe(),
                 deleted = doomed.len(),
-                oldest_kept = ?files.iter().filter(|k| !doomed.contains(k)).map(|k| k.min).min(),
+                oldest_kept = ?oldest_kept,
                 "retention: deleted files that no restore inside the window needs"
             );
         }

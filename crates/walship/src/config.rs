@@ -225,6 +225,9 @@ pub struct DbConfig {
     /// TRUNCATE the WAL once it is larger than this many bytes (default 8 MiB).
     #[serde(default)]
     pub truncate_bytes: Option<u64>,
+    /// Most captured bytes kept locally for a replica that is down (default 1 GiB).
+    #[serde(default)]
+    pub local_cap_bytes: Option<u64>,
     /// Compaction and retention of each replica, in the order of
     /// [`DbConfig::replica_locations`] (filled in by [`parse`]).
     #[serde(skip)]
@@ -550,6 +553,37 @@ dbs:
     }
 
     #[test]
+    fn compaction_keys_litestream_names_and_overrides() {
+        let s = Duration::from_secs;
+        let c = parse(
+            "levels:\n  - interval: 1s\n  - interval: 1m30s\nsnapshot:\n  interval: 2h\n  retention: 36h\nl0-retention: 5m\n\
+             dbs:\n  - path: /a.db\n    replicas:\n      - path: /x\n      - path: /y\n        retention: 1h\n        snapshot-interval: 30m\n        retention-check-interval: 10s\n        levels: []\n\
+             \n  - path: /b.db\n    replica:\n      path: /z\n",
+        )
+        .unwrap();
+        let top = Compaction {
+            levels: vec![s(1), s(90)],
+            snapshot_interval: s(7200),
+            retention: s(36 * 3600),
+            retention_check_interval: s(3600),
+        };
+        assert_eq!(c.dbs[0].compaction, [
+            top.clone(),
+            Compaction { levels: vec![], snapshot_interval: s(1800), retention: s(3600), retention_check_interval: s(10) },
+        ]);
+        assert_eq!(c.dbs[1].compaction, [top]);
+        let plain = parse("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n").unwrap();
+        assert_eq!(plain.dbs[0].compaction, [Compaction::default()]);
+        assert_eq!(Compaction::default().levels, [s(30), s(300), s(3600)]);
+        for (text, d) in [("0", Duration::ZERO), ("500ms", Duration::from_millis(500)), ("1.5h", s(5400)), ("2h45m10s", s(9910)), ("10us", Duration::from_micros(10))] {
+            assert_eq!(parse_duration(text).unwrap(), d, "{text}");
+        }
+        for bad in ["", "5", "1d", "h", "1.2.3s", "-1s", "1 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_a_reason() {
         for (text, needle) in [
             ("dbs: []\n", "no database"),
@@ -561,6 +595,10 @@ dbs:
             ("dbs:\n  - path: /a.db\n    bogus: 1\n", "bogus"),
             ("dbs:\n  - path: $WALSHIP_SURELY_UNSET_VAR\n", "not set"),
             ("dbs: [\n", "config"),
+            ("levels:\n  - interval: 0s\ndbs:\n  - path: /a.db\n    replica:\n      path: /x\n", "greater than 0"),
+            ("snapshot:\n  interval: soon\ndbs:\n  - path: /a.db\n    replica:\n      path: /x\n", "not a duration"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      retention: 1 day\n", "retention"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      levels: [{interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}]\n", "at most 8"),
         ] {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err:?}");

@@ -237,7 +237,11 @@ fn replicate_cmd(
                     opts.truncate_bytes = n;
                 }
                 let replicas = db.replica_locations()?.iter().map(|r| open_replica(r, &mut counts)).collect::<Result<_, _>>()?;
-                Ok(DbSpec { opts, compaction: db.compaction, ..DbSpec::new(db.path, replicas) })
+                let mut spec = DbSpec { opts, compaction: db.compaction, ..DbSpec::new(db.path, replicas) };
+                if let Some(cap) = db.local_cap_bytes {
+                    spec.local_cap_bytes = cap;
+                }
+                Ok(spec)
             })
             .collect::<anyhow::Result<_>>()?
     } else {

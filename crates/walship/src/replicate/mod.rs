@@ -44,12 +44,24 @@ pub struct DbSpec {
     /// Compaction and retention of each replica, in order (a missing entry means the
     /// defaults).
     pub compaction: Vec<Compaction>,
+    /// The most captured bytes kept locally for a replica that is down (default 1 GiB);
+    /// past it the oldest are dropped and that replica is re-seeded with a snapshot
+    /// when it returns.
+    pub local_cap_bytes: u64,
 }
 
 impl DbSpec {
     /// A database with default tuning.
     pub fn new(path: PathBuf, replicas: Vec<Box<dyn Store>>) -> Self {
-        DbSpec { path, replicas, opts: CaptureOptions::default(), drain: Duration::from_secs(30), feed: None, compaction: Vec::new() }
+        DbSpec {
+            path,
+            replicas,
+            opts: CaptureOptions::default(),
+            drain: Duration::from_secs(30),
+            feed: None,
+            compaction: Vec::new(),
+            local_cap_bytes: 1 << 30,
+        }
     }
 }
 
@@ -95,7 +107,7 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     if let Some(feed) = &db.feed {
         feed.set_waker(wake.waker());
     }
-    let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &wake, &stop);
+    let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &wake, &stop, db.local_cap_bytes);
     halt.store(true, Ordering::Relaxed);
     let closed = capture.close();
     if let Some(feed) = &db.feed {
@@ -128,8 +140,9 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wake: &Wake, stop: &AtomicBool) -> Result<()> {
+fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wake: &Wake, stop: &AtomicBool, cap: u64) -> Result<()> {
     let mut pruned_at = None;
+    let mut cap_checked = Instant::now();
     if let Some(feed) = feed {
         feed.publish(capture.pos(), crate::capture::now_ms());
     }
@@ -178,7 +191,44 @@ fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wak
             prune(capture.local(), acked, if feed.is_some() { FOLLOWER_WINDOW } else { 1 })?;
             pruned_at = Some(acked);
         }
+        if cap_checked.elapsed() >= CAP_CHECK_EVERY {
+            cap_checked = Instant::now();
+            enforce_cap(capture.local(), shared, cap)?;
+        }
     }
+    Ok(())
+}
+
+/// How often the local folder's size is checked against the cap.
+const CAP_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Drops the oldest captured files once the local folder holds more than `cap` bytes
+/// of them (a replica has been down for long): the replicas that still needed them are
+/// re-seeded with a snapshot when they return.
+fn enforce_cap(local: &LocalDir, shared: &Shared, cap: u64) -> Result<()> {
+    let files = local.files()?;
+    let sizes: Vec<u64> = files.iter().map(|k| std::fs::metadata(local.file_path(*k)).map_or(0, |m| m.len())).collect();
+    let mut total: u64 = sizes.iter().sum();
+    if total <= cap {
+        return Ok(());
+    }
+    let mut dropped = TxId(0);
+    // Down to three quarters of the cap, never the newest file (it holds the position).
+    for (key, size) in files.iter().zip(&sizes).take(files.len().saturating_sub(1)) {
+        if total <= cap / 4 * 3 {
+            break;
+        }
+        local.remove(*key)?;
+        total -= size;
+        dropped = key.max;
+    }
+    let behind: Vec<usize> = shared.read(|s| s.acked.iter().enumerate().filter(|(_, a)| **a < dropped).map(|(i, _)| i).collect());
+    tracing::warn!(
+        cap_bytes = cap,
+        dropped_through = %dropped,
+        replicas_behind = ?behind,
+        "the local state folder reached its size cap while a replica was behind: dropped the oldest files; that replica will be re-seeded with a snapshot when it returns"
+    );
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! real Litestream binary when installed.
 
 mod cli_errors;
+mod compaction;
 mod disk_faults;
 mod fault_proxy;
 mod fuzz_replay;

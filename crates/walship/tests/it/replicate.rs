@@ -291,3 +291,37 @@ fn frequent_app_autocheckpoints_lose_nothing() {
     assert!(o.status.success(), "restore failed: {}", short(&stderr(&o)));
     assert_eq!(dump_hash(&out, false), dump_hash(&db, false));
 }
+
+/// A replica that stays down while the local folder passes its size cap: the oldest
+/// local files are dropped, and the replica is re-seeded with a snapshot when it
+/// returns, after which it restores to exactly the primary.
+#[test]
+fn a_replica_down_past_the_local_cap_is_reseeded() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let rep = dir.path().join("rep");
+    let config = dir.path().join("walship.yml");
+    std::fs::write(&config, format!("dbs:\n  - path: {}\n    local-cap-bytes: 300000\n    replicas:\n      - path: {}\n", s(&db), s(&rep))).unwrap();
+    let mut r = Replicator::start_config(&config);
+    exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(100));");
+    assert!(wait_until(Duration::from_secs(10), || newest_txid(&rep) >= 2), "first upload");
+
+    // Down: the replica's folder is replaced by a plain file, so every upload fails.
+    let away = dir.path().join("rep.away");
+    std::fs::rename(&rep, &away).unwrap();
+    std::fs::write(&rep, b"not a folder").unwrap();
+    for i in 0..60 {
+        exec(&db, &format!("INSERT INTO t(w, k, v) VALUES (1, {i}, randomblob(20000));"));
+    }
+    let capped = wait_until(Duration::from_secs(20), || r.0.log_text().contains("reached its size cap"));
+    assert!(capped, "the cap was never enforced; log:\n{}", r.0.log_text());
+
+    // Back: the replica is re-seeded and catches up.
+    std::fs::remove_file(&rep).unwrap();
+    std::fs::rename(&away, &rep).unwrap();
+    exec(&db, "DELETE FROM t WHERE k % 3 = 0;");
+    r.assert_running();
+    r.finish_and_check(&db, &rep, Duration::from_secs(60));
+    assert!(ltx_files(&rep).iter().any(|f| f.0 == 9), "no snapshot re-seeded the replica");
+}
