@@ -44,6 +44,10 @@ pub const MEMORY_CAP: usize = 64 << 20;
 /// How often the compactor looks at the clock and the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 
+/// What the replica holds so far (the newest TXID uploaded to it), read by the
+/// compactor to skip rounds with nothing new: an idle database costs no requests.
+pub type Uploaded = Box<dyn Fn() -> TxId + Send>;
+
 /// Starts the compactor of one replica; it returns soon after `halt` is set. Its
 /// scratch files are `<scratch>/.<name>.*`.
 pub fn spawn(
@@ -51,9 +55,10 @@ pub fn spawn(
     settings: Compaction,
     scratch: PathBuf,
     name: String,
+    uploaded: Uploaded,
     halt: Arc<AtomicBool>,
 ) -> JoinHandle<()> {
-    std::thread::spawn(move || run(store.as_ref(), settings, &scratch, &name, &halt))
+    std::thread::spawn(move || run(store.as_ref(), settings, &scratch, &name, &uploaded, &halt))
 }
 
 /// The compactor's loop: compaction levels, snapshots and retention on their
@@ -62,7 +67,7 @@ pub fn spawn(
 /// the interval gets one at once), then on the wall clock's multiples of its
 /// interval, so that at the top of an hour level 1 runs before 2 before 3. Failures
 /// are logged and retried at the next interval.
-pub fn run(store: &dyn Store, settings: Compaction, scratch: &Path, name: &str, halt: &AtomicBool) {
+pub fn run(store: &dyn Store, settings: Compaction, scratch: &Path, name: &str, uploaded: &Uploaded, halt: &AtomicBool) {
     let mut c = Compactor::new(store, settings, scratch, name);
     c.remove_scratch();
     let start = now_ms();
@@ -79,6 +84,13 @@ pub fn run(store: &dyn Store, settings: Compaction, scratch: &Path, name: &str, 
             }
             *due = next_slot(now, c.settings.levels[i]);
             let level = i as u8 + 1;
+            // Nothing new below this level since it last ran: no request at all.
+            let below = if level == 1 { Some(uploaded()) } else { c.tops.get(&(level - 1)).copied() };
+            if let (Some(below), Some(top)) = (below, c.tops.get(&level))
+                && below <= *top
+            {
+                continue;
+            }
             if let Err(e) = c.compact_level(level, halt) {
                 tracing::warn!(replica = %store.describe(), level, error = %e, "cannot compact; retrying at the next interval");
             }

@@ -99,7 +99,9 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
         .enumerate()
         .map(|(i, store)| {
             let settings = db.compaction.get(i).cloned().unwrap_or_default();
-            compact::spawn(store.clone(), settings, root.clone(), format!("compact-{i}"), halt.clone())
+            let shared = shared.clone();
+            let uploaded: compact::Uploaded = Box::new(move || shared.read(|s| s.acked[i]));
+            compact::spawn(store.clone(), settings, root.clone(), format!("compact-{i}"), uploaded, halt.clone())
         })
         .collect();
 

@@ -162,3 +162,44 @@ fn levels_snapshots_and_retention_while_writing() {
         println!("litestream not installed: its restore of a compacted replica is not checked");
     }
 }
+
+/// The storage requests `walship replicate` reports at exit: (LIST, PUT, GET, DELETE).
+fn requests_at_exit(log: &str) -> (u64, u64, u64, u64) {
+    let line = log.lines().rev().find(|l| l.contains("storage requests made")).unwrap_or_else(|| panic!("no request counts in:\n{log}"));
+    let n = |what: &str| -> u64 {
+        let at = line.find(&format!("{what} ")).unwrap_or_else(|| panic!("{what} missing in {line}")) + what.len() + 1;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    (n("LIST"), n("PUT"), n("GET"), n("DELETE"))
+}
+
+/// An idle database costs no storage requests, even with compaction due every second:
+/// a run idle for 6 s makes exactly as many as one idle for 1 s.
+#[test]
+fn an_idle_database_makes_no_requests() {
+    let counts = |idle: Duration| {
+        let dir = tempdir();
+        let db = dir.path().join("app.db");
+        create_db(&db, SCHEMA);
+        exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(100));");
+        let config = dir.path().join("walship.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "levels:\n  - interval: 1s\n  - interval: 2s\n  - interval: 3s\ndbs:\n  - path: {}\n    replica:\n      type: file\n      path: {}\n",
+                s(&db),
+                s(&dir.path().join("rep"))
+            ),
+        )
+        .unwrap();
+        let mut r = Replicator::start_config(&config);
+        // Let the first rounds of every level run (they list each level once).
+        std::thread::sleep(Duration::from_secs(4) + idle);
+        r.0.interrupt(Duration::from_secs(30));
+        requests_at_exit(&r.0.log_text())
+    };
+    let short = counts(Duration::from_secs(1));
+    let long = counts(Duration::from_secs(6));
+    assert_eq!(short, long, "idle seconds cost requests (LIST, PUT, GET, DELETE)");
+    println!("requests of an idle replicate run (start, 5 s idle, stop): {short:?}");
+}
