@@ -392,7 +392,8 @@ impl<'a> Compactor<'a> {
         doomed.sort_by_key(|k| (k.max, k.level));
         // Any order is safe: every file deleted lies inside one that stays.
         for (i, key) in doomed.iter().enumerate() {
-            if let Err(e) = self.store.delete(*key) {
+            // The file first: a checksum record without its file is ignored.
+            if let Err(e) = self.store.delete(*key).and_then(|()| self.store.delete_meta(&replica_form::checksums_name(*key))) {
                 tracing::warn!(replica = %self.store.describe(), deleted = i, "retention stopped part way");
                 return Err(e);
             }

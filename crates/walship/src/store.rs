@@ -105,6 +105,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     fn put_meta(&self, name: &str, bytes: &[u8]) -> Result<()>;
     /// Reads a walship-only object; `None` when it does not exist.
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Deletes a walship-only object (a missing one is not an error).
+    fn delete_meta(&self, name: &str) -> Result<()>;
 }
 
 /// The largest file [`Store::put_bytes`] takes (larger ones go through a local file).

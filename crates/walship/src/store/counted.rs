@@ -105,6 +105,11 @@ impl Store for Counted {
         self.inner.put_meta(name, bytes)
     }
 
+    fn delete_meta(&self, name: &str) -> Result<()> {
+        bump(&self.counts.delete);
+        self.inner.delete_meta(name)
+    }
+
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         bump(&self.counts.get);
         self.inner.get_meta(name)

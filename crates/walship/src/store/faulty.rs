@@ -152,6 +152,13 @@ impl Store for FaultyStore {
         self.inner.put_meta(name, bytes)
     }
 
+    fn delete_meta(&self, name: &str) -> Result<()> {
+        if self.next().0 {
+            return Err(Self::fault("delete"));
+        }
+        self.inner.delete_meta(name)
+    }
+
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         if self.next().0 {
             return Err(Self::fault("get_meta"));

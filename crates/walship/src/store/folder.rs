@@ -108,6 +108,13 @@ impl Store for FolderStore {
         durable::write_bytes(&path, durable::Mode::Overwrite, bytes)
     }
 
+    fn delete_meta(&self, name: &str) -> Result<()> {
+        match fs::remove_file(self.root.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(format!("remove {name}"), e)),
+            _ => Ok(()),
+        }
+    }
+
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let path = self.root.join(name);
         match fs::read(&path) {

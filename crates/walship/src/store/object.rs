@@ -596,6 +596,14 @@ impl Store for ObjectStore {
             .map_err(|e| self.err(format!("write {name}"), e))
     }
 
+    fn delete_meta(&self, name: &str) -> Result<()> {
+        let path = self.path(&self.spec.meta_key(name))?;
+        match self.block_on(self.ops.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(format!("delete {name}"), e)),
+        }
+    }
+
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         let path = self.path(&self.spec.meta_key(name))?;
         let got = match self.block_on(self.ops.get(&path)) {

@@ -102,6 +102,12 @@ fn levels_snapshots_and_retention_while_writing() {
     let l0: Vec<_> = files.iter().filter(|f| f.0 == 0).collect();
     assert!(l0.iter().all(|f| f.1 > steps[0].txid), "old level-0 files are gone: {l0:?}");
     assert!(l0.len() * 3 < steps.len() * 2, "{} level-0 files for {} commits", l0.len(), steps.len());
+    // The checksum records of deleted files went with them.
+    for level in [0u8, 1, 2, 3, 9] {
+        let records = std::fs::read_dir(replica.join("walship/checksums").join(level.to_string())).map_or(0, |d| d.count());
+        let kept = files.iter().filter(|f| f.0 == level).count();
+        assert!(records <= kept, "level {level}: {records} checksum records for {kept} files");
+    }
     // Snapshots every 5 s: those of the window, the one before it, and the newest.
     assert!(files.iter().filter(|f| f.0 == 9).count() <= 2 + RETENTION.as_secs() as usize / 5, "old snapshots are gone: {files:?}");
 

@@ -167,6 +167,10 @@ fn conformance(store: &dyn Store, scratch: &Path) {
     assert_eq!(store.get_meta("walship/checksums/x").unwrap().as_deref(), Some(&b"two, longer"[..]), "{what}");
     // walship's own objects never show up as LTX files.
     assert_eq!(store::list_all(store).unwrap().len(), 6, "{what}");
+    store.put_meta("walship/checksums/y", b"gone soon").unwrap();
+    store.delete_meta("walship/checksums/y").unwrap();
+    assert_eq!(store.get_meta("walship/checksums/y").unwrap(), None, "{what}: delete_meta");
+    store.delete_meta("walship/checksums/y").unwrap(); // missing: not an error
     store.init().unwrap();
 }
 
