@@ -267,6 +267,41 @@ fn follow_an_s3_replica() {
     assert!(follower.running(), "the follower died: {}", follower.log_text());
 }
 
+/// Compaction and retention against S3: the replica gains compacted levels, loses old
+/// level-0 files, and restores to exactly the primary.
+#[test]
+fn compaction_and_retention_on_s3() {
+    let Some(s3) = s3() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let url = s3.url(&unique("compact"));
+    let config = dir.path().join("walship.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "levels:\n  - interval: 1s\n  - interval: 2s\n  - interval: 3s\nsnapshot:\n  interval: 3s\n\
+             dbs:\n  - path: {}\n    replicas:\n      - url: '{url}'\n        retention: 4s\n        retention-check-interval: 1s\n",
+            s(&db)
+        ),
+    )
+    .unwrap();
+    let rep = Replicator::start_config(&config);
+    let stop = dir.path().join("stop");
+    let writer = Writer::start(UNTIL_STOPPED, &[s(&db), "9", s(&stop)]);
+    std::thread::sleep(9 * SECS);
+    std::fs::write(&stop, b"").unwrap();
+    writer.finish(20 * SECS);
+    std::thread::sleep(3 * SECS);
+    rep.stop();
+    let files = walship_ltx(&url);
+    let levels: std::collections::BTreeSet<u8> = files.iter().map(|f| f.level).collect();
+    assert!(levels.contains(&1) && levels.contains(&2), "levels in the S3 replica: {levels:?}");
+    let log = std::fs::read_to_string(dir.path().join("replicate.log")).unwrap_or_default();
+    assert!(log.contains("retention: deleted"), "retention never deleted a file:\n{log}");
+    assert_eq!(restore_hash(&url, &dir.path().join("restored.db"), &["--check", "full"], false), dump_hash(&db, false));
+}
+
 fn litestream_s3_config(db: &Path, s3: &S3, prefix: &str) -> String {
     format!(
         "dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: s3\n      bucket: {}\n      path: {prefix}\n      endpoint: {}\n      region: us-east-1\n      force-path-style: true\n      sync-interval: 100ms\n",
