@@ -18,7 +18,7 @@ pub fn stream_frames(data: &[u8]) {
     let mut frames = walship::live::frame::FrameReader::new(data);
     let mut consumed = 0u64;
     for _ in 0..64 {
-        match frames.next() {
+        match frames.next_frame() {
             Ok(Some(walship::live::frame::Frame::Heartbeat(_))) => consumed += 41,
             Ok(Some(walship::live::frame::Frame::Ltx(mut body))) => {
                 let limit = body.limit();

@@ -226,7 +226,7 @@ impl Follower {
         let mut frames = FrameReader::new(resp);
         let mut progress = false;
         while !stop.load(Ordering::Relaxed) {
-            let frame = frames.next().map_err(|e| Error::io(format!("read the stream from {url}"), e))?;
+            let frame = frames.next_frame().map_err(|e| Error::io(format!("read the stream from {url}"), e))?;
             match frame {
                 None => return Ok(progress),
                 Some(Frame::Heartbeat(h)) => {

@@ -56,7 +56,7 @@ pub fn header(kind: u8, len: u64) -> [u8; HEADER_LEN] {
 pub enum Frame<'a, R: Read> {
     /// A heartbeat.
     Heartbeat(Heartbeat),
-    /// An LTX file: read exactly its bytes from here, then call [`FrameReader::next`].
+    /// An LTX file: read exactly its bytes from here, then call [`FrameReader::next_frame`].
     Ltx(io::Take<&'a mut R>),
 }
 
@@ -72,7 +72,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// The next frame; `Ok(None)` when the stream ends cleanly between frames.
-    pub fn next(&mut self) -> io::Result<Option<Frame<'_, R>>> {
+    pub fn next_frame(&mut self) -> io::Result<Option<Frame<'_, R>>> {
         let mut h = [0u8; HEADER_LEN];
         let mut got = 0;
         while got < HEADER_LEN {
@@ -117,8 +117,8 @@ mod tests {
         bytes.extend_from_slice(&header(LTX, 3));
         bytes.extend_from_slice(b"abc");
         let mut r = FrameReader::new(&bytes[..]);
-        assert!(matches!(r.next().unwrap(), Some(Frame::Heartbeat(h)) if h == hb));
-        match r.next().unwrap() {
+        assert!(matches!(r.next_frame().unwrap(), Some(Frame::Heartbeat(h)) if h == hb));
+        match r.next_frame().unwrap() {
             Some(Frame::Ltx(mut body)) => {
                 let mut s = String::new();
                 body.read_to_string(&mut s).unwrap();
@@ -126,10 +126,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(r.next().unwrap().is_none());
+        assert!(r.next_frame().unwrap().is_none());
 
         for bad in [header(b'X', 0).to_vec(), header(HEARTBEAT, 31).to_vec(), header(LTX, MAX_LTX_LEN + 1).to_vec(), vec![b'H', 0]] {
-            assert!(FrameReader::new(&bad[..]).next().is_err(), "{bad:?}");
+            assert!(FrameReader::new(&bad[..]).next_frame().is_err(), "{bad:?}");
         }
     }
 }

@@ -155,8 +155,12 @@ fn error(code: StatusCode, message: &str) -> Response {
     (code, axum::Json(json!({ "error": message }))).into_response()
 }
 
-fn feed(app: &App, db: &str) -> std::result::Result<Arc<Feed>, Response> {
-    app.feeds.get(db).cloned().ok_or_else(|| error(StatusCode::NOT_FOUND, "no such database"))
+fn feed(app: &App, db: &str) -> Option<Arc<Feed>> {
+    app.feeds.get(db).cloned()
+}
+
+fn no_such_database() -> Response {
+    error(StatusCode::NOT_FOUND, "no such database")
 }
 
 #[derive(Deserialize)]
@@ -171,10 +175,7 @@ async fn stream(
     Query(q): Query<StreamQuery>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
 ) -> Response {
-    let feed = match feed(&app, &db) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let Some(feed) = feed(&app, &db) else { return no_such_database() };
     let from = match (q.txid.as_deref(), q.checksum.as_deref()) {
         (None, None) => Pos::default(),
         (Some(t), Some(c)) => match (t.parse::<TxId>(), u64::from_str_radix(c, 16)) {
@@ -204,10 +205,7 @@ async fn sync(State(app): State<Arc<App>>, Path(db): Path<String>) -> Response {
     if !app.sync {
         return error(StatusCode::METHOD_NOT_ALLOWED, "sync is served by the primary only");
     }
-    let feed = match feed(&app, &db) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let Some(feed) = feed(&app, &db) else { return no_such_database() };
     let name = db.clone();
     match tokio::task::spawn_blocking(move || feed.sync(Duration::from_secs(30))).await {
         Ok(Some(pos)) => axum::Json(json!({ "db": name, "txid": pos.txid.0, "checksum": pos.checksum.to_string() })).into_response(),
@@ -222,10 +220,7 @@ struct WaitQuery {
 }
 
 async fn wait(State(app): State<Arc<App>>, Path(db): Path<String>, Query(q): Query<WaitQuery>) -> Response {
-    let feed = match feed(&app, &db) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let Some(feed) = feed(&app, &db) else { return no_such_database() };
     let Ok(txid) = q.txid.parse::<TxId>() else {
         return error(StatusCode::BAD_REQUEST, "txid must be a decimal number or 16 hex digits");
     };
