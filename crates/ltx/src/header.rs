@@ -63,6 +63,26 @@ pub struct Header {
 }
 
 impl Header {
+    /// A header for pages of `page_size` bytes, a database of `commit` pages after the
+    /// file, TXIDs `min..=max`, written at `timestamp_ms`, continuing from the database
+    /// checksum `pre` (zero for a snapshot); no flags, no WAL source, no node ID.
+    pub fn new(page_size: u32, commit: u32, min: TxId, max: TxId, timestamp_ms: i64, pre: Checksum) -> Header {
+        Header {
+            flags: 0,
+            page_size,
+            commit,
+            min_txid: min,
+            max_txid: max,
+            timestamp_ms,
+            pre_apply_checksum: pre,
+            wal_offset: 0,
+            wal_size: 0,
+            wal_salt1: 0,
+            wal_salt2: 0,
+            node_id: 0,
+        }
+    }
+
     /// Encodes the header; bytes 80..100 (reserved) are zero.
     pub fn encode(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];

@@ -560,17 +560,8 @@ fn merge_capped(
     let key = FileKey { level, min: first.min, max: last.max };
     let header = Header {
         flags: last_header.flags | HEADER_FLAG_NO_CHECKSUM,
-        page_size: last_header.page_size,
-        commit,
-        min_txid: first.min,
-        max_txid: last.max,
-        timestamp_ms: last_header.timestamp_ms,
-        pre_apply_checksum: Checksum::ZERO,
-        wal_offset: 0,
-        wal_size: 0,
-        wal_salt1: 0,
-        wal_salt2: 0,
         node_id: last_header.node_id,
+        ..Header::new(last_header.page_size, commit, first.min, last.max, last_header.timestamp_ms, Checksum::ZERO)
     };
     let name = key.to_string();
     let file = File::create(out).map_err(|e| Error::io(format!("create {}", out.display()), e))?;

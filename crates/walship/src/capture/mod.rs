@@ -529,20 +529,7 @@ impl Capture {
     }
 
     fn header(&self, min: TxId, max: TxId, commit: u32, pre: Checksum) -> Header {
-        Header {
-            flags: 0,
-            page_size: self.page_size,
-            commit,
-            min_txid: min,
-            max_txid: max,
-            timestamp_ms: now_ms(),
-            pre_apply_checksum: pre,
-            wal_offset: 0,
-            wal_size: 0,
-            wal_salt1: 0,
-            wal_salt2: 0,
-            node_id: 0,
-        }
+        Header::new(self.page_size, commit, min, max, now_ms(), pre)
     }
 }
 

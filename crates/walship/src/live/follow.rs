@@ -391,20 +391,7 @@ impl Follower {
             return Ok(());
         }
         let key = FileKey { level: SNAPSHOT_LEVEL, min: TxId(1), max: pos.txid };
-        let header = Header {
-            flags: 0,
-            page_size: self.db.page_size(),
-            commit: self.db.page_count(),
-            min_txid: TxId(1),
-            max_txid: pos.txid,
-            timestamp_ms: now_ms(),
-            pre_apply_checksum: Checksum::ZERO,
-            wal_offset: 0,
-            wal_size: 0,
-            wal_salt1: 0,
-            wal_salt2: 0,
-            node_id: 0,
-        };
+        let header = Header::new(self.db.page_size(), self.db.page_count(), TxId(1), pos.txid, now_ms(), Checksum::ZERO);
         let db = &self.db;
         self.local.write_ltx(key, &header, |enc| {
             db.for_each_page(|pgno, data| enc.encode_page(pgno, data).map_err(|e| Error::ltx(key.to_string(), e)))?;
