@@ -28,13 +28,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Capture every commit of DB and copy it to each REPLICA (a folder or file:// URL).
+    /// Capture every commit of DB and copy it to each REPLICA (a folder, or a file://,
+    /// s3://, abs:// or gs:// URL); with --listen, also serve live followers.
     /// SIGINT/SIGTERM capture and upload what is left, then exit 0.
     Replicate {
         /// The SQLite database (WAL mode; switched to it if needed).
         #[arg(required_unless_present = "config", conflicts_with = "config")]
         db: Option<PathBuf>,
-        /// Where to copy it: folder paths or file:// URLs.
+        /// Where to copy it: folder paths, or file://, s3://, abs:// or gs:// URLs.
         #[arg(requires = "db")]
         replicas: Vec<String>,
         /// A YAML config listing databases and replicas (Litestream's keys work).
@@ -66,7 +67,7 @@ enum Command {
     },
     /// Rebuild a database from REPLICA.
     Restore {
-        /// The replica: a folder or file:// URL.
+        /// The replica: a folder, or a file://, s3://, abs:// or gs:// URL.
         replica: String,
         /// Where to write the database.
         #[arg(short, long)]
@@ -86,7 +87,7 @@ enum Command {
     },
     /// List the LTX files in REPLICA: level, TXID range, size, time.
     Ltx {
-        /// The replica: a folder or file:// URL.
+        /// The replica: a folder, or a file://, s3://, abs:// or gs:// URL.
         replica: String,
     },
     /// Print the version.
