@@ -1,5 +1,6 @@
 //! The YAML configuration. It accepts Litestream's `litestream.yml` keys for databases
-//! and file and object-storage replicas, with `$VAR` / `${VAR}` expansion from the environment:
+//! and file, object-storage and SFTP replicas, with `$VAR` / `${VAR}` expansion from the
+//! environment:
 //!
 //! ```yaml
 //! dbs:
@@ -19,6 +20,14 @@
 //!       endpoint: http://127.0.0.1:9000   # S3-compatibles; optional
 //!       region: us-east-1
 //!       force-path-style: true
+//!   - path: /data/fourth.db
+//!     replica:            # SFTP, Litestream's keys
+//!       type: sftp
+//!       host: backup.example.com:22
+//!       user: walship
+//!       key-path: /etc/walship/id_ed25519   # or password: ${SFTP_PASSWORD}
+//!       path: /backups/fourth             # relative: in the login folder
+//!       known-hosts-path: /etc/walship/known_hosts   # default ~/.ssh/known_hosts
 //! levels:                 # compaction levels 1, 2, 3 (Litestream 0.5's key and defaults)
 //!   - interval: 30s
 //!   - interval: 5m
@@ -238,13 +247,14 @@ pub struct DbConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ReplicaConfig {
-    /// `file` (the default when `path` is given), `s3`, `abs` or `gs`.
+    /// `file` (the default when `path` is given), `s3`, `abs`, `gs` or `sftp`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    /// Folder of a file replica; key prefix of an object-storage replica.
+    /// Folder of a file replica; key prefix of an object-storage replica; folder on the
+    /// SFTP server (absolute, or relative to the login folder).
     #[serde(default)]
     pub path: Option<String>,
-    /// A replica URL (`file:///…`, `s3://…`, `abs://…`, `gs://…`).
+    /// A replica URL (`file:///…`, `s3://…`, `abs://…`, `gs://…`, `sftp://…`).
     #[serde(default)]
     pub url: Option<String>,
     /// Litestream's optional replica name; used in messages only.
@@ -274,6 +284,27 @@ pub struct ReplicaConfig {
     /// Azure account key (else from the environment).
     #[serde(default)]
     pub account_key: Option<String>,
+    /// SFTP server: `HOST` or `HOST:PORT` (port 22 by default).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// SFTP login name.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// SFTP password (else `WALSHIP_SFTP_PASSWORD`). A key is the better choice.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// SFTP private key file, ed25519 or ECDSA (passphrase from
+    /// `WALSHIP_SFTP_KEY_PASSPHRASE`).
+    #[serde(default)]
+    pub key_path: Option<String>,
+    /// The SFTP server's public key as in known_hosts (`ssh-ed25519 AAAA…`); replaces the
+    /// known_hosts check. Litestream skips the check without it; walship never does.
+    #[serde(default)]
+    pub host_key: Option<String>,
+    /// known_hosts file that must hold the SFTP server's key (default
+    /// `~/.ssh/known_hosts`).
+    #[serde(default, alias = "known-hosts")]
+    pub known_hosts_path: Option<String>,
     /// How long this replica keeps every state restorable (overrides `snapshot.retention`).
     #[serde(default)]
     pub retention: Option<String>,
@@ -309,6 +340,9 @@ pub struct ReplicaConfig {
     #[serde(default, rename = "concurrency")]
     #[doc(hidden)]
     pub _concurrency: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "concurrent-writes")]
+    #[doc(hidden)]
+    pub _concurrent_writes: Option<serde::de::IgnoredAny>,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -323,18 +357,48 @@ impl std::fmt::Debug for ReplicaConfig {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("account_name", &self.account_name)
+            .field("host", &self.host)
+            .field("user", &self.user)
+            .field("key_path", &self.key_path)
             .finish_non_exhaustive()
     }
 }
 
 impl ReplicaConfig {
     /// The replica argument this entry stands for (a folder path or URL). Object-storage
-    /// keys become the URL's query (which may then hold secrets: never log it whole).
+    /// and SFTP keys become the URL's query (which may then hold secrets: never log it
+    /// whole).
     pub fn location(&self) -> Result<String> {
         let object_kind = matches!(self.kind.as_deref(), Some("s3" | "abs" | "gs" | "gcs"));
+        let sftp_kind = self.kind.as_deref() == Some("sftp");
+        if let Some((key, _)) = [("host", &self.host), ("user", &self.user)].into_iter().find(|(_, v)| v.is_some())
+            && (!sftp_kind || self.url.is_some())
+        {
+            return Err(Error::Invalid(if sftp_kind {
+                format!("replica key {key:?} goes with `path`, not `url` (put it in the sftp:// URL)")
+            } else {
+                format!("replica key {key:?} needs an sftp replica (type sftp)")
+            }));
+        }
         match (&self.url, &self.path, self.kind.as_deref()) {
             (Some(_), Some(_), _) => Err(Error::Invalid("a replica has both `url` and `path`; give one".into())),
             (Some(url), None, _) => self.add_object_keys(url),
+            (None, path, Some("sftp")) => {
+                let need = |key: &str, v: &Option<String>, what: &str| {
+                    v.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
+                        Error::Invalid(format!("a replica of type sftp needs `{key}` ({what})"))
+                    })
+                };
+                let host = need("host", &self.host, "HOST or HOST:PORT")?;
+                let user = need("user", &self.user, "the login name")?;
+                let path = need("path", path, "the folder on the server")?;
+                let bad = |e: &dyn std::fmt::Display| Error::Invalid(format!("replica host {host:?}: {e}"));
+                let mut url = url::Url::parse(&format!("sftp://{host}/")).map_err(|e| bad(&e))?;
+                url.set_username(&user).map_err(|()| bad(&"cannot hold a user"))?;
+                // Like Litestream, a relative path is relative to the login folder.
+                url.set_path(&if path.starts_with('/') { path } else { format!("/~/{path}") });
+                self.add_object_keys(url.as_str())
+            }
             (None, path, Some(kind)) if object_kind => {
                 let bucket = self.bucket.as_deref().filter(|b| !b.is_empty()).ok_or_else(|| {
                     Error::Invalid(format!(
@@ -362,37 +426,49 @@ impl ReplicaConfig {
                 Ok(path.clone())
             }
             (None, Some(_), Some(other)) => Err(Error::Invalid(format!(
-                "replica type {other:?} is not supported (supported: file, s3, abs, gs)"
+                "replica type {other:?} is not supported (supported: file, s3, abs, gs, sftp)"
             ))),
             (None, None, _) => Err(Error::Invalid("a replica needs `path` or `url`".into())),
         }
     }
 
-    /// Appends the object-storage keys given in the config to a URL's query.
+    /// Appends the object-storage or SFTP keys given in the config to a URL's query.
     fn add_object_keys(&self, url: &str) -> Result<String> {
-        let pairs = [
-            ("endpoint", self.endpoint.clone()),
-            ("region", self.region.clone()),
-            ("force-path-style", self.force_path_style.map(|b| b.to_string())),
-            ("access-key-id", self.access_key_id.clone()),
-            ("secret-access-key", self.secret_access_key.clone()),
-            ("account-key", self.account_key.clone()),
+        // (config key, query key, value)
+        let object = [
+            ("endpoint", "endpoint", self.endpoint.clone()),
+            ("region", "region", self.region.clone()),
+            ("force-path-style", "force-path-style", self.force_path_style.map(|b| b.to_string())),
+            ("access-key-id", "access-key-id", self.access_key_id.clone()),
+            ("secret-access-key", "secret-access-key", self.secret_access_key.clone()),
+            ("account-key", "account-key", self.account_key.clone()),
         ];
-        let given: Vec<(&str, String)> =
-            pairs.into_iter().filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| (k, v))).collect();
-        if given.is_empty() {
+        let sftp = [
+            ("key-path", "key", self.key_path.clone()),
+            ("password", "password", self.password.clone()),
+            ("host-key", "host-key", self.host_key.clone()),
+            ("known-hosts-path", "known-hosts", self.known_hosts_path.clone()),
+        ];
+        fn given<const N: usize>(pairs: [(&'static str, &'static str, Option<String>); N]) -> Vec<(&'static str, &'static str, String)> {
+            pairs.into_iter().filter_map(|(c, q, v)| v.filter(|v| !v.is_empty()).map(|v| (c, q, v))).collect()
+        }
+        let (object, sftp) = (given(object), given(sftp));
+        if object.is_empty() && sftp.is_empty() {
             return Ok(url.to_string());
         }
-        let mut parsed = url::Url::parse(url).map_err(|_| {
-            Error::Invalid(format!("replica keys {:?} need an object-storage replica (type s3, abs or gs)", given[0].0))
-        })?;
-        if !matches!(parsed.scheme(), "s3" | "abs" | "gs" | "gcs" | "az" | "azure") {
-            return Err(Error::Invalid(format!(
-                "replica key {:?} needs an object-storage replica (type s3, abs or gs)",
-                given[0].0
-            )));
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        if let Some((key, _, _)) = object.first()
+            && !matches!(scheme, "s3" | "abs" | "gs" | "gcs" | "az" | "azure")
+        {
+            return Err(Error::Invalid(format!("replica key {key:?} needs an object-storage replica (type s3, abs or gs)")));
         }
-        parsed.query_pairs_mut().extend_pairs(given);
+        if let Some((key, _, _)) = sftp.first()
+            && scheme != "sftp"
+        {
+            return Err(Error::Invalid(format!("replica key {key:?} needs an sftp replica (type sftp)")));
+        }
+        let mut parsed = url::Url::parse(url).map_err(|e| Error::Invalid(format!("replica URL: {e}")))?;
+        parsed.query_pairs_mut().extend_pairs(object.into_iter().chain(sftp).map(|(_, q, v)| (q, v)));
         Ok(parsed.to_string())
     }
 }
@@ -553,6 +629,47 @@ dbs:
     }
 
     #[test]
+    fn litestream_sftp_replicas_become_urls() {
+        let c = parse(
+            r#"
+dbs:
+  - path: /a.db
+    replica:
+      type: sftp
+      host: backup.example.com:2222
+      user: wal ship
+      password: "p@ss word+/"
+      key-path: /etc/walship/id_ed25519
+      path: /backups/a b
+      host-key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ
+      concurrent-writes: true
+  - path: /b.db
+    replica:
+      type: sftp
+      host: 10.0.0.2
+      user: u
+      path: backups/b
+      known-hosts-path: /etc/walship/known_hosts
+  - path: /c.db
+    replica:
+      url: sftp://u@h/c
+      key-path: /k
+"#,
+        )
+        .unwrap();
+        let spec = |i: usize| crate::store::sftp::Spec::parse(&c.dbs[i].replica_locations().unwrap()[0]).unwrap();
+        let a = spec(0);
+        assert_eq!((a.host.as_str(), a.port, a.user.as_str(), a.path.as_str()), ("backup.example.com", 2222, "wal ship", "/backups/a b"));
+        assert_eq!(a.password.as_deref(), Some("p@ss word+/"));
+        assert_eq!(a.key_path.as_deref(), Some(std::path::Path::new("/etc/walship/id_ed25519")));
+        assert!(a.host_key.as_deref().is_some_and(|k| k.starts_with("ssh-ed25519 AAAAC3")));
+        let b = spec(1);
+        assert_eq!((b.host.as_str(), b.port, b.path.as_str()), ("10.0.0.2", 22, "~/backups/b"));
+        assert_eq!(b.known_hosts.as_deref(), Some(std::path::Path::new("/etc/walship/known_hosts")));
+        assert_eq!(spec(2).key_path.as_deref(), Some(std::path::Path::new("/k")));
+    }
+
+    #[test]
     fn compaction_keys_litestream_names_and_overrides() {
         let s = Duration::from_secs;
         let c = parse(
@@ -593,6 +710,13 @@ dbs:
             ("dbs:\n  - path: /a.db\n    replica:\n      type: abs\n      bucket: c\n", "account-name"),
             ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      region: r\n", "object-storage"),
             ("dbs:\n  - path: /a.db\n    bogus: 1\n", "bogus"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: sftp\n      user: u\n      path: x\n", "needs `host`"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: sftp\n      host: h\n      path: x\n", "needs `user`"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: sftp\n      host: h\n      user: u\n", "needs `path`"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: s3\n      bucket: b\n      key-path: /k\n", "needs an sftp replica"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      host: h\n", "needs an sftp replica"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: sftp\n      url: sftp://u@h/x\n      host: h\n", "not `url`"),
+            ("dbs:\n  - path: /a.db\n    replica:\n      type: sftp\n      host: h\n      user: u\n      path: /x\n      region: r\n", "object-storage"),
             ("dbs:\n  - path: $WALSHIP_SURELY_UNSET_VAR\n", "not set"),
             ("dbs: [\n", "config"),
             ("levels:\n  - interval: 0s\ndbs:\n  - path: /a.db\n    replica:\n      path: /x\n", "greater than 0"),

@@ -4,6 +4,7 @@
 //! - [`replicate`]: the `replicate` job: capture thread + one uploader per replica.
 //! - [`compact`]: per-replica compaction (levels 1–3, snapshots at 9) and retention.
 //! - [`restore`]: rebuild a database from a replica (latest, TXID, timestamp).
+//! - [`live`]: live read replicas: the primary's HTTP server and the follower.
 //! - [`capture`]: turns commits into local LTX files; owns every checkpoint.
 //!   - [`wake`]: inotify on the `-wal` + an eventfd: what wakes the capture thread.
 //!   - [`wal_tail`]: reads committed frames from the `-wal` file.
@@ -11,7 +12,7 @@
 //!   - [`pagesums`]: per-page checksums of the captured state.
 //! - [`local`]: the hidden state folder beside the database.
 //! - [`replica_form`]: files in Litestream's no-checksum form + walship's checksum records.
-//! - [`store`]: replica storage (folder, S3, Azure, GCS), in Litestream 0.5's layouts.
+//! - [`store`]: replica storage (folder, S3, Azure, GCS, SFTP), in Litestream 0.5's layouts.
 //! - [`config`]: YAML configuration (Litestream's keys accepted).
 //! - [`durable`]: temp → fsync → rename → fsync folder.
 //! - [`error`]: the library's typed errors.

@@ -4,14 +4,16 @@
 //! - [`FileKey`] / [`FileInfo`]: which file, and what a listing says about it.
 //! - [`folder`]: a local or NFS folder (`<dir>/ltx/<level>/<min>-<max>.ltx`).
 //! - [`object`]: S3 (and S3-compatibles), Azure Blob Storage and GCS.
+//! - [`sftp`]: an SFTP server (`<path>/ltx/<level>/<min>-<max>.ltx`), over SSH.
 //! - [`faulty`]: a wrapper that injects failures and latency, for tests.
-//! - [`open`]: turns a replica argument (path, `file://`, `s3://`, `abs://`, `gs://` URL)
-//!   into a store.
+//! - [`open`]: turns a replica argument (path, `file://`, `s3://`, `abs://`, `gs://`,
+//!   `sftp://` URL) into a store.
 
 pub mod counted;
 pub mod faulty;
 pub mod folder;
 pub mod object;
+pub mod sftp;
 
 use std::fmt;
 use std::io::Read;
@@ -121,13 +123,17 @@ pub fn list_all(store: &dyn Store) -> Result<Vec<FileInfo>> {
     Ok(all)
 }
 
-/// Opens the store a replica argument names: a folder path, a `file://` URL, or an
-/// object-storage URL (`s3://`, `abs://`, `gs://`; see [`object`]).
+/// Opens the store a replica argument names: a folder path, a `file://` URL, an
+/// object-storage URL (`s3://`, `abs://`, `gs://`; see [`object`]) or an `sftp://` URL
+/// (see [`sftp`]).
 pub fn open(arg: &str) -> Result<Box<dyn Store>> {
     if let Some((scheme, _)) = arg.split_once("://")
         && matches!(scheme, "s3" | "abs" | "az" | "azure" | "gs" | "gcs")
     {
         return Ok(Box::new(object::ObjectStore::open(arg)?));
+    }
+    if arg.starts_with("sftp://") {
+        return Ok(Box::new(sftp::SftpStore::open(arg)?));
     }
     let path = if let Some(rest) = arg.strip_prefix("file://") {
         if !rest.starts_with('/') {
@@ -138,7 +144,7 @@ pub fn open(arg: &str) -> Result<Box<dyn Store>> {
         PathBuf::from(rest)
     } else if let Some((scheme, _)) = arg.split_once("://") {
         return Err(Error::Invalid(format!(
-            "replica URL {arg:?}: scheme {scheme:?} is not supported (use a folder path, file://, s3://, abs:// or gs://)"
+            "replica URL {arg:?}: scheme {scheme:?} is not supported (use a folder path, file://, s3://, abs://, gs:// or sftp://)"
         )));
     } else if arg.is_empty() {
         return Err(Error::Invalid("replica path is empty".into()));
@@ -167,7 +173,8 @@ mod tests {
     fn replica_arguments_are_checked() {
         assert!(open("/tmp/x").is_ok());
         assert!(open("file:///tmp/x").is_ok());
-        for bad in ["", "file://relative", "gopher://x/y"] {
+        assert!(open("sftp://me@127.0.0.1:1/x").is_ok(), "nothing is contacted before the first call");
+        for bad in ["", "file://relative", "gopher://x/y", "sftp://host-without-user/x"] {
             assert!(matches!(open(bad), Err(Error::Invalid(_))), "{bad}");
         }
     }

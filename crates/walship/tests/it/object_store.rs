@@ -1,9 +1,11 @@
-//! Object-storage replicas against real servers on 127.0.0.1: moto (S3) and azurite
-//! (Azure Blob), started by `scripts/test-servers` (which `scripts/test` runs). Without
-//! their variables (`WALSHIP_TEST_S3_ENDPOINT`, `WALSHIP_TEST_AZURE_ENDPOINT`) these tests
-//! print a note and pass, so a bare `cargo test` still works.
+//! Object-storage and SFTP replicas against real servers on 127.0.0.1: moto (S3),
+//! azurite (Azure Blob) and OpenSSH's sshd (SFTP), started by `scripts/test-servers`
+//! (which `scripts/test` runs). Without their variables (`WALSHIP_TEST_S3_ENDPOINT`,
+//! `WALSHIP_TEST_AZURE_ENDPOINT`, `WALSHIP_TEST_SFTP_URL`) these tests print a note and
+//! pass, so a bare `cargo test` still works.
 //!
-//! Credentials are always explicit and fake; nothing but 127.0.0.1 is contacted.
+//! Credentials are always explicit and fake (SSH keys generated for the test server);
+//! nothing but 127.0.0.1 is contacted.
 
 use std::io::Read;
 use std::path::Path;
@@ -60,6 +62,14 @@ fn azure_url(prefix: &str) -> Option<String> {
     let container = std::env::var("WALSHIP_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "walship-test".into());
     let key: String = url_encode(AZURITE_KEY);
     Some(format!("abs://devstoreaccount1@{container}/{prefix}?endpoint={endpoint}&account-key={key}"))
+}
+
+/// The SFTP test server's URL (`WALSHIP_TEST_SFTP_URL`) with the replica in folder
+/// `sub` below its root.
+fn sftp_url(sub: &str) -> Option<String> {
+    let url = var("WALSHIP_TEST_SFTP_URL")?;
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    Some(format!("{}/{sub}?{query}", base.trim_end_matches('/')))
 }
 
 fn url_encode(s: &str) -> String {
@@ -197,6 +207,14 @@ fn conformance_azure() {
     conformance(store.as_ref(), dir.path());
 }
 
+#[test]
+fn conformance_sftp() {
+    let Some(url) = sftp_url(&unique("conformance")) else { return };
+    let dir = tempdir();
+    let store = store::open(&url).unwrap();
+    conformance(store.as_ref(), dir.path());
+}
+
 /// A missing bucket or container stops `init` with one line that names it.
 #[test]
 fn missing_bucket_or_container_is_a_clear_error() {
@@ -292,13 +310,13 @@ fn compaction_and_retention_on_s3() {
     std::thread::sleep(9 * SECS);
     std::fs::write(&stop, b"").unwrap();
     writer.finish(20 * SECS);
-    std::thread::sleep(3 * SECS);
+    // Retention needs a full-state file older than its 4 s window: give it time.
+    let deleted = wait_until(40 * SECS, || rep.0.log_text().contains("retention: deleted"));
+    assert!(deleted, "retention never deleted a file:\n{}", rep.0.log_text());
     rep.stop();
     let files = walship_ltx(&url);
     let levels: std::collections::BTreeSet<u8> = files.iter().map(|f| f.level).collect();
     assert!(levels.contains(&1) && levels.contains(&2), "levels in the S3 replica: {levels:?}");
-    let log = std::fs::read_to_string(dir.path().join("replicate.log")).unwrap_or_default();
-    assert!(log.contains("retention: deleted"), "retention never deleted a file:\n{log}");
     assert_eq!(restore_hash(&url, &dir.path().join("restored.db"), &["--check", "full"], false), dump_hash(&db, false));
 }
 
@@ -380,6 +398,181 @@ fn walship_restores_litestream_s3_replica() {
         o.status.success() && dump_hash(&out, true) == primary
     });
     assert!(ok, "walship's restore from Litestream's S3 replica never matched the primary; litestream log:\n{}", lsp.log_text());
+    let status = lsp.interrupt(20 * SECS);
+    assert!(status.success() || status.code().is_none(), "litestream exited with {status}");
+}
+
+/// `walship replicate DB sftp://…` under a live writer, SIGINT, then `walship restore`
+/// from the SFTP server equals the primary; the files are where Litestream puts them.
+#[test]
+fn replicate_to_sftp_and_restore() {
+    let Some(url) = sftp_url(&unique("e2e")) else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let rep = Replicator::start(&db, &[&url]);
+    let stop = dir.path().join("stop");
+    let writer = Writer::start(UNTIL_STOPPED, &[s(&db), "7", s(&stop)]);
+    std::thread::sleep(2 * SECS);
+    std::fs::write(&stop, b"").unwrap();
+    writer.finish(20 * SECS);
+    exec(&db, "CREATE INDEX t_k ON t(k);");
+    rep.stop();
+    let files = walship_ltx(&url);
+    assert!(files.len() >= 2, "replica lists {} files", files.len());
+    // The server's folder holds Litestream's layout (the test server is local).
+    let root = url.split_once("127.0.0.1:").unwrap().1.split_once('/').unwrap().1.split_once('?').unwrap().0;
+    let level0 = Path::new("/").join(root).join("ltx/0");
+    let first = &files.iter().find(|f| f.level == 0).expect("a level-0 file");
+    assert!(level0.join(format!("{}-{}.ltx", first.min, first.max)).is_file(), "no {}/{}-{}.ltx", level0.display(), first.min, first.max);
+    assert_eq!(restore_hash(&url, &dir.path().join("restored.db"), &["--check", "full"], false), dump_hash(&db, false));
+}
+
+/// The SFTP server's key must be the one known_hosts holds for it: an unknown or
+/// different key stops `walship restore` with one line naming the host and the key's
+/// fingerprint.
+#[test]
+fn sftp_host_key_must_match_known_hosts() {
+    let Some(url) = sftp_url(&unique("host-key")) else { return };
+    let dir = tempdir();
+    let known = url.split("known-hosts=").nth(1).expect("known-hosts in WALSHIP_TEST_SFTP_URL").split('&').next().unwrap();
+    let line = std::fs::read_to_string(known).unwrap();
+    let host = line.split_whitespace().next().unwrap().to_string(); // [127.0.0.1]:PORT
+    let o = Command::new("ssh-keygen").args(["-l", "-f", known]).output().expect("ssh-keygen");
+    let real = stdout(&o).split_whitespace().nth(1).expect("fingerprint").to_string();
+    assert!(real.starts_with("SHA256:"), "{real}");
+
+    // Another key recorded for the same host: a mismatch.
+    let other = dir.path().join("other");
+    let o = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f", s(&other)]).output().expect("ssh-keygen");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let other_pub = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let changed = dir.path().join("known_hosts_changed");
+    std::fs::write(&changed, format!("# a comment\n{host} {}", other_pub)).unwrap();
+    let out = restore(&url.replace(known, s(&changed)), &dir.path().join("a.db"), &[]);
+    let msg = assert_error(&out);
+    assert!(msg.contains("HOST KEY MISMATCH") && msg.contains(&host) && msg.contains(&real), "{msg}");
+    assert!(msg.contains(s(&changed)) && msg.contains("line 2"), "{msg}");
+    assert!(!dir.path().join("a.db").exists());
+
+    // No line for the host: not known; the message says how to check and add it.
+    let empty = dir.path().join("known_hosts_empty");
+    std::fs::write(&empty, "").unwrap();
+    let msg = assert_error(&restore(&url.replace(known, s(&empty)), &dir.path().join("b.db"), &[]));
+    assert!(msg.contains("not known") && msg.contains(&host) && msg.contains(&real) && msg.contains("ssh-keyscan"), "{msg}");
+
+    // The right key, given as Litestream's host-key instead of a known_hosts file.
+    let pinned: Vec<&str> = line.split_whitespace().skip(1).take(2).collect();
+    let pinned_url = url.replace(&format!("known-hosts={known}"), &format!("host-key={}", url_encode(&pinned.join(" "))));
+    let store = store::open(&pinned_url).unwrap();
+    store.init().unwrap();
+    assert!(store.list(0).unwrap().is_empty());
+}
+
+/// One SSH connection serves every call, and a new one replaces it when it breaks:
+/// reads retry on the new connection at once; an upload cut off fails (the uploader
+/// retries it) and the next attempt goes through.
+#[test]
+fn sftp_reconnects_after_the_connection_drops() {
+    use crate::fault_proxy::FaultProxy;
+    let Some(url) = sftp_url(&unique("reconnect")) else { return };
+    let dir = tempdir();
+    // Through a proxy that can cut the connection; known_hosts names the proxy's port.
+    let (base, query) = url.split_once('?').unwrap();
+    let port: u16 = base.split("127.0.0.1:").nth(1).unwrap().split('/').next().unwrap().parse().unwrap();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], port).into());
+    let known = query.split("known-hosts=").nth(1).expect("known-hosts in WALSHIP_TEST_SFTP_URL").split('&').next().unwrap();
+    let via_proxy = dir.path().join("known_hosts");
+    let line = std::fs::read_to_string(known).unwrap();
+    std::fs::write(&via_proxy, line.replace(&format!("]:{port} "), &format!("]:{} ", proxy.addr().port()))).unwrap();
+    let url = format!(
+        "{}?{}",
+        base.replace(&format!(":{port}/"), &format!(":{}/", proxy.addr().port())),
+        query.replace(known, s(&via_proxy))
+    );
+    let store = store::open(&url).unwrap();
+    store.init().unwrap();
+    store.put_bytes(key(0, 1, 1), b"one").unwrap();
+    for _ in 0..3 {
+        assert_eq!(store.list(0).unwrap().len(), 1);
+    }
+    assert_eq!(proxy.connections(), 1, "one connection for every call");
+
+    proxy.drop_connections();
+    assert_eq!(store.list(0).unwrap().len(), 1, "a read after the drop");
+    assert_eq!(proxy.connections(), 2);
+
+    proxy.drop_connections();
+    let _ = store.put_bytes(key(0, 2, 2), b"two"); // may fail: the connection was cut
+    match store.put_bytes(key(0, 2, 2), b"two") {
+        Ok(()) | Err(Error::AlreadyExists(_)) => {}
+        Err(e) => panic!("upload after a reconnect: {e}"),
+    }
+    assert_eq!(read_all_small_reads(store.open(key(0, 2, 2)).unwrap()), b"two");
+    assert_eq!(store.list(0).unwrap().len(), 2);
+}
+
+/// Litestream's `type: sftp` replica for the SFTP test server's folder `sub` (Litestream
+/// skips the host-key check without `host-key`; walship never does).
+fn litestream_sftp_config(db: &Path, url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap();
+    let (host, path) = base.trim_start_matches("sftp://").split_once('@').unwrap().1.split_once('/').unwrap();
+    let key = query.split("key=").nth(1).unwrap().split('&').next().unwrap();
+    let user = base.trim_start_matches("sftp://").split_once('@').unwrap().0;
+    format!(
+        "dbs:\n  - path: {}\n    monitor-interval: 100ms\n    replica:\n      type: sftp\n      host: {host}\n      user: {user}\n      key-path: {key}\n      path: /{path}\n      sync-interval: 100ms\n",
+        db.display()
+    )
+}
+
+/// Litestream restores an SFTP replica walship wrote.
+#[test]
+fn litestream_restores_walship_sftp_replica() {
+    let Some(url) = sftp_url(&unique("to-litestream")) else { return };
+    let Some(ls) = litestream_or_skip() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let rep = Replicator::start(&db, &[&url]);
+    for i in 0..4 {
+        exec(&db, &format!("INSERT INTO t(w, k, v) VALUES (1, {i}, randomblob({}));", 10 + i * 3000));
+    }
+    exec(&db, "CREATE INDEX t_k ON t(k); DELETE FROM t WHERE k = 2;");
+    rep.stop();
+    let primary = dump_hash(&db, false);
+
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(&config, litestream_sftp_config(&db, &url)).unwrap();
+    let out = dir.path().join("theirs.db");
+    let o = Command::new(&ls).args(["restore", "-config", s(&config), "-o", s(&out), s(&db)]).output().expect("run litestream");
+    assert!(o.status.success(), "litestream restore of walship's SFTP replica failed:\n{}{}", stdout(&o), stderr(&o));
+    let (hash, integrity) = db_check(&out, false);
+    assert_eq!(integrity, "ok");
+    assert_eq!(hash, primary, "litestream's restore of walship's SFTP replica differs from the primary");
+}
+
+/// walship restores an SFTP replica the real Litestream writes.
+#[test]
+fn walship_restores_litestream_sftp_replica() {
+    let Some(url) = sftp_url(&unique("from-litestream")) else { return };
+    let Some(ls) = litestream_or_skip() else { return };
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    create_db(&db, SCHEMA);
+    let config = dir.path().join("litestream.yml");
+    std::fs::write(&config, litestream_sftp_config(&db, &url)).unwrap();
+    let mut cmd = Command::new(&ls);
+    cmd.args(["replicate", "-config", s(&config)]);
+    let mut lsp = Proc::spawn("litestream replicate", cmd, Some(dir.path().join("litestream.log")));
+    exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(10)), (1, 2, randomblob(500)), (1, 3, randomblob(6000));");
+    exec(&db, "UPDATE t SET v = randomblob(7000) WHERE k = 1; CREATE INDEX t_k ON t(k); DELETE FROM t WHERE k = 2;");
+    let primary = dump_hash(&db, true);
+    let out = dir.path().join("restored.db");
+    let ok = wait_until(20 * SECS, || {
+        let o = restore(&url, &out, &["--force", "--check", "full"]);
+        o.status.success() && dump_hash(&out, true) == primary
+    });
+    assert!(ok, "walship's restore from Litestream's SFTP replica never matched the primary; litestream log:\n{}", lsp.log_text());
     let status = lsp.interrupt(20 * SECS);
     assert!(status.success() || status.code().is_none(), "litestream exited with {status}");
 }
