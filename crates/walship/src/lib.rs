@@ -4,6 +4,7 @@
 //! - [`replicate`]: the `replicate` job: capture thread + one uploader per replica.
 //! - [`compact`]: per-replica compaction (levels 1–3, snapshots at 9) and retention.
 //! - [`restore`]: rebuild a database from a replica (latest, TXID, timestamp).
+//!   - [`prefetch`]: fetches the next small files of a restore on a few threads.
 //! - [`live`]: live read replicas: the primary's HTTP server and the follower.
 //! - [`capture`]: turns commits into local LTX files; owns every checkpoint.
 //!   - [`wake`]: inotify on the `-wal` + an eventfd: what wakes the capture thread.
@@ -26,6 +27,7 @@ pub mod error;
 pub mod live;
 pub mod local;
 pub mod pagesums;
+pub mod prefetch;
 pub mod replica_form;
 pub mod replicate;
 pub mod restore;

@@ -19,6 +19,7 @@ use crate::capture::sibling;
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::pagesums::PageSums;
+use crate::prefetch::{self, Prefetch};
 use crate::replica_form;
 use crate::store::{FileInfo, Store, list_all};
 
@@ -168,6 +169,10 @@ pub fn restore(store: &dyn Store, target: Target, output: &Path, force: bool, ch
 }
 
 fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
+    prefetch::with_prefetch(store, chain, |ahead| apply_files(store, chain, ahead, tmp))
+}
+
+fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Path) -> Result<Report> {
     let file = File::options()
         .write(true)
         .create_new(true)
@@ -182,7 +187,14 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
     let mut out = RunWriter::default();
     for (i, info) in chain.iter().enumerate() {
         let name = info.key.to_string();
-        let mut dec = Decoder::new(store.open(info.key)?).map_err(|e| Error::ltx(name.clone(), e))?;
+        let (reader, fetched_sums): (Box<dyn std::io::Read + Send>, _) = match ahead.take(i) {
+            Some(fetched) => {
+                let f = fetched?;
+                (Box::new(std::io::Cursor::new(f.bytes)), Some(f.sums))
+            }
+            None => (store.open(info.key)?, None),
+        };
+        let mut dec = Decoder::new(reader).map_err(|e| Error::ltx(name.clone(), e))?;
         let header = dec.header().clone();
         if (header.min_txid, header.max_txid) != (info.key.min, info.key.max) {
             return Err(Error::Corrupt(format!(
@@ -200,6 +212,8 @@ fn apply(store: &dyn Store, chain: &[FileInfo], tmp: &Path) -> Result<Report> {
         }
         let recorded = if header.has_checksums() {
             None
+        } else if let Some(sums) = fetched_sums {
+            sums
         } else {
             replica_form::get_checksums(store, info.key)?
         };
