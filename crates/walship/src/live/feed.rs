@@ -35,6 +35,8 @@ struct State {
     stopping: bool,
     next_follower: u64,
     followers: Vec<Follower>,
+    /// Each replica's newest TXID and whether it is behind the local size cap.
+    replicas: Vec<(TxId, bool)>,
 }
 
 /// A connected follower, for `/status`.
@@ -196,6 +198,17 @@ impl Feed {
     pub fn follower_left(&self, id: u64) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.followers.retain(|f| f.id != id);
+    }
+
+    /// Producer: each replica's newest TXID and whether it fell behind the local cap.
+    pub fn set_replicas(&self, replicas: Vec<(TxId, bool)>) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.replicas = replicas;
+    }
+
+    /// Each replica's newest TXID and whether it is behind (re-seeded when it returns).
+    pub fn replicas(&self) -> Vec<(TxId, bool)> {
+        self.read(|s| s.replicas.clone())
     }
 
     /// The connected followers.

@@ -253,6 +253,11 @@ async fn status(State(app): State<Arc<App>>) -> Response {
                 "checksum": pos.checksum.to_string(),
                 "newest_file_ms": newest_ms,
                 "followers": followers,
+                "replicas": feed
+                    .replicas()
+                    .iter()
+                    .map(|(txid, behind)| json!({ "txid": txid.0, "behind": behind }))
+                    .collect::<Vec<_>>(),
             });
             if let (Some(extra), Some(obj)) = (&app.extra, v.as_object_mut()) {
                 obj.insert("upstream".into(), extra(feed.name()));

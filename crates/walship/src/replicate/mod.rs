@@ -196,6 +196,9 @@ fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wak
         if cap_checked.elapsed() >= CAP_CHECK_EVERY {
             cap_checked = Instant::now();
             enforce_cap(capture.local(), shared, cap)?;
+            if let Some(feed) = feed {
+                feed.set_replicas(shared.read(|s| s.acked.iter().zip(&s.behind).map(|(a, b)| (*a, *b)).collect()));
+            }
         }
     }
     Ok(())
@@ -225,6 +228,7 @@ fn enforce_cap(local: &LocalDir, shared: &Shared, cap: u64) -> Result<()> {
         dropped = key.max;
     }
     let behind: Vec<usize> = shared.read(|s| s.acked.iter().enumerate().filter(|(_, a)| **a < dropped).map(|(i, _)| i).collect());
+    shared.update(|s| behind.iter().for_each(|i| s.behind[*i] = true));
     tracing::warn!(
         cap_bytes = cap,
         dropped_through = %dropped,
@@ -345,7 +349,14 @@ fn upload_loop(i: usize, store: &dyn Store, root: &Path, shared: &Shared) {
         };
         remote = Some(done);
         backoff.reset();
-        shared.update(|s| s.acked[i] = done);
+        // A snapshot went up in place of missing history: the replica is whole again.
+        let reseeded = key.min.0 > have.0 + 1;
+        shared.update(|s| {
+            s.acked[i] = done;
+            if reseeded {
+                s.behind[i] = false;
+            }
+        });
     }
 }
 
@@ -448,6 +459,9 @@ struct Shared {
 
 struct State {
     acked: Vec<TxId>,
+    /// Replicas whose next files were dropped by the local size cap, until a snapshot
+    /// brings them back.
+    behind: Vec<bool>,
     need_snapshot: Vec<bool>,
     stopping: bool,
     /// Set when a stop gave up waiting: uploaders quit where they are.
@@ -459,7 +473,14 @@ struct State {
 impl Shared {
     fn new(replicas: usize) -> Self {
         Shared {
-            state: Mutex::new(State { acked: vec![TxId(0); replicas], need_snapshot: vec![false; replicas], stopping: false, abandon: false, seq: 0 }),
+            state: Mutex::new(State {
+                acked: vec![TxId(0); replicas],
+                behind: vec![false; replicas],
+                need_snapshot: vec![false; replicas],
+                stopping: false,
+                abandon: false,
+                seq: 0,
+            }),
             cv: Condvar::new(),
         }
     }

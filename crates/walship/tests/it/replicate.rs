@@ -302,7 +302,13 @@ fn a_replica_down_past_the_local_cap_is_reseeded() {
     create_db(&db, SCHEMA);
     let rep = dir.path().join("rep");
     let config = dir.path().join("walship.yml");
-    std::fs::write(&config, format!("dbs:\n  - path: {}\n    local-cap-bytes: 300000\n    replicas:\n      - path: {}\n", s(&db), s(&rep))).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::write(
+        &config,
+        format!("listen: 127.0.0.1:{port}\ndbs:\n  - path: {}\n    local-cap-bytes: 300000\n    replicas:\n      - path: {}\n", s(&db), s(&rep)),
+    )
+    .unwrap();
+    let behind = || http_json(port, "/status")["databases"][0]["replicas"][0]["behind"].as_bool();
     let mut r = Replicator::start_config(&config);
     exec(&db, "INSERT INTO t(w, k, v) VALUES (1, 1, randomblob(100));");
     assert!(wait_until(Duration::from_secs(10), || newest_txid(&rep) >= 2), "first upload");
@@ -316,11 +322,13 @@ fn a_replica_down_past_the_local_cap_is_reseeded() {
     }
     let capped = wait_until(Duration::from_secs(20), || r.0.log_text().contains("reached its size cap"));
     assert!(capped, "the cap was never enforced; log:\n{}", r.0.log_text());
+    assert!(wait_until(Duration::from_secs(10), || behind() == Some(true)), "/status does not say the replica is behind");
 
     // Back: the replica is re-seeded and catches up.
     std::fs::remove_file(&rep).unwrap();
     std::fs::rename(&away, &rep).unwrap();
     exec(&db, "DELETE FROM t WHERE k % 3 = 0;");
+    assert!(wait_until(Duration::from_secs(30), || behind() == Some(false)), "/status still says the replica is behind");
     r.assert_running();
     r.finish_and_check(&db, &rep, Duration::from_secs(60));
     assert!(ltx_files(&rep).iter().any(|f| f.0 == 9), "no snapshot re-seeded the replica");

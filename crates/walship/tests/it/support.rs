@@ -400,3 +400,16 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `GET http://127.0.0.1:PORT/PATH` as JSON (`Null` when there is no answer).
+pub fn http_json(port: u16, path: &str) -> serde_json::Value {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    client
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .ok()
+        .and_then(|r| r.text().ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
