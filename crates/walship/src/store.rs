@@ -114,6 +114,20 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// The largest file [`Store::put_bytes`] takes (larger ones go through a local file).
 pub const PUT_BYTES_MAX: usize = 4 << 20;
 
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// Lists every level (0..=9) of a store, sorted by level then TXID.
 pub fn list_all(store: &dyn Store) -> Result<Vec<FileInfo>> {
     let mut all = Vec::new();

@@ -334,7 +334,7 @@ impl ObjectStore {
         let mut buf = vec![0u8; PART_SIZE];
         let result: Result<()> = (|| {
             loop {
-                let n = read_full(file, &mut buf).map_err(|e| Error::io(format!("read local file for {key}"), e))?;
+                let n = super::read_full(file, &mut buf).map_err(|e| Error::io(format!("read local file for {key}"), e))?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -350,19 +350,6 @@ impl ObjectStore {
             }
         }
     }
-}
-
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// object_store's message on one line (its Display already includes its sources), with

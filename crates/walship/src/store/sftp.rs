@@ -544,7 +544,7 @@ impl SftpStore {
         let mut mtime = None;
         let result: Step<()> = async {
             loop {
-                let n = read_full(src, &mut buf).map_err(|e| Error::io("read the local file", e))?;
+                let n = super::read_full(src, &mut buf).map_err(|e| Error::io("read the local file", e))?;
                 if n == 0 {
                     break;
                 }
@@ -660,19 +660,6 @@ async fn join<T>(task: JoinHandle<std::result::Result<T, SftpError>>) -> Step<T>
         Ok(r) => r.map_err(Fail::Sftp),
         Err(e) => Err(Fail::Local(Error::io("SFTP request", io::Error::other(e.to_string())))),
     }
-}
-
-fn read_full(r: &mut (dyn Read + Send), buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// One read request in flight.
