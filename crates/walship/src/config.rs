@@ -237,6 +237,13 @@ pub struct DbConfig {
     /// Most captured bytes kept locally for a replica that is down (default 1 GiB).
     #[serde(default)]
     pub local_cap_bytes: Option<u64>,
+    /// Under sustained writes, captures start at least this far apart (a duration,
+    /// default `10ms`; `0` captures every commit as soon as it is seen).
+    #[serde(default, rename = "min-capture-interval")]
+    pub min_capture_interval_text: Option<String>,
+    /// `min-capture-interval`, parsed (filled in by [`parse`]).
+    #[serde(skip)]
+    pub min_capture_interval: Option<Duration>,
     /// Compaction and retention of each replica, in the order of
     /// [`DbConfig::replica_locations`] (filled in by [`parse`]).
     #[serde(skip)]
@@ -506,6 +513,17 @@ pub fn parse(text: &str) -> Result<Config> {
     )?;
     for db in &mut config.dbs {
         db.replica_locations()?;
+        if let Some(text) = &db.min_capture_interval_text {
+            let d = parse_duration(text)
+                .map_err(|e| Error::Invalid(format!("config: {}: `min-capture-interval`: {e}", db.path.display())))?;
+            if d > Duration::from_secs(1) {
+                return Err(Error::Invalid(format!(
+                    "config: {}: `min-capture-interval` is {text}; at most 1s (commits must leave the machine within a second)",
+                    db.path.display()
+                )));
+            }
+            db.min_capture_interval = Some(d);
+        }
         db.compaction = db
             .replica
             .iter()
@@ -570,6 +588,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.dbs[0].replica_locations().unwrap(), [format!("{home}/app")]);
         assert_eq!(c.dbs[1].replica_locations().unwrap(), ["file:///x".to_string(), format!("{home}/b")]);
+        assert_eq!(c.dbs[0].min_capture_interval, None);
+        let c = parse("dbs:\n  - path: /a.db\n    min-capture-interval: 0\n    replica:\n      path: /x\n").unwrap();
+        assert_eq!(c.dbs[0].min_capture_interval, Some(Duration::ZERO));
     }
 
     #[test]
@@ -722,6 +743,8 @@ dbs:
             ("levels:\n  - interval: 0s\ndbs:\n  - path: /a.db\n    replica:\n      path: /x\n", "greater than 0"),
             ("snapshot:\n  interval: soon\ndbs:\n  - path: /a.db\n    replica:\n      path: /x\n", "not a duration"),
             ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      retention: 1 day\n", "retention"),
+            ("dbs:\n  - path: /a.db\n    min-capture-interval: 2s\n    replica:\n      path: /x\n", "at most 1s"),
+            ("dbs:\n  - path: /a.db\n    min-capture-interval: fast\n    replica:\n      path: /x\n", "min-capture-interval"),
             ("dbs:\n  - path: /a.db\n    replica:\n      path: /x\n      levels: [{interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}, {interval: 1s}]\n", "at most 8"),
         ] {
             let err = parse(text).unwrap_err().to_string();

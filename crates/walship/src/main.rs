@@ -237,6 +237,9 @@ fn replicate_cmd(
                 if let Some(n) = db.truncate_bytes {
                     opts.truncate_bytes = n;
                 }
+                if let Some(d) = db.min_capture_interval {
+                    opts.min_interval = d;
+                }
                 let replicas = db.replica_locations()?.iter().map(|r| open_replica(r, &mut counts)).collect::<Result<_, _>>()?;
                 let mut spec = DbSpec { opts, compaction: db.compaction, ..DbSpec::new(db.path, replicas) };
                 if let Some(cap) = db.local_cap_bytes {

@@ -148,12 +148,20 @@ fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wak
     if let Some(feed) = feed {
         feed.publish(capture.pos(), crate::capture::now_ms());
     }
+    let min_interval = capture.options().min_interval;
+    let mut last_capture: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         wake.wait(TICK);
+        // Under sustained writes, let commits gather (see `CaptureOptions::min_interval`).
+        if let Some(wait) = last_capture.and_then(|t| min_interval.checked_sub(t.elapsed())) {
+            std::thread::sleep(wait);
+        }
         // Sync requests made before this pass are answered by it.
         let asked = feed.map(Feed::sync_asked);
+        let started = Instant::now();
         match capture.tick() {
             Ok(written) if !written.is_empty() => {
+                last_capture = Some(started);
                 tracing::debug!(txid = %capture.pos().txid, "captured");
                 if let Some(feed) = feed {
                     feed.publish(capture.pos(), crate::capture::now_ms());

@@ -163,6 +163,35 @@ fn fast_writer_wal_stays_bounded() {
     rep.finish_and_check(&db, &replica, 60 * SECS);
 }
 
+/// Under sustained writes captures start at least `min-capture-interval` apart (each
+/// pass writes at most two files: the commits it found, and those a checkpoint found),
+/// and nothing is lost by grouping commits.
+#[test]
+fn sustained_writes_are_captured_at_the_min_interval() {
+    let dir = tempdir();
+    let db = dir.path().join("app.db");
+    let replica = dir.path().join("replica");
+    create_db(&db, SCHEMA);
+    let config = dir.path().join("walship.yml");
+    let yaml = format!("dbs:\n  - path: {}\n    min-capture-interval: 250ms\n    replica:\n      path: {}\n", db.display(), replica.display());
+    std::fs::write(&config, yaml).unwrap();
+    let rep = Replicator::start_config(&config);
+    assert!(wait_until(10 * SECS, || newest_txid(&replica) >= 1), "no first file; log:\n{}", rep.0.log_text());
+    let first = newest_txid(&replica);
+    let started = Instant::now();
+    let writer = Writer::start(FAST, &[s(&db), "2"]);
+    writer.finish(60 * SECS);
+    let last = wait_stable(&replica, SECS, 60 * SECS);
+    // Passes start 250 ms apart from the first one after `first`; the final one may
+    // come after the writer stopped.
+    let passes = (started.elapsed() + SECS).as_millis() / 250 + 1;
+    let captures = u128::from(last - first);
+    println!("{captures} files for the writer's commits in {:?} ({passes} passes at most)", started.elapsed());
+    assert!(captures >= 2, "the writer's commits made {captures} files");
+    assert!(captures <= 2 * passes, "{captures} files in {passes} passes: captures were not spaced");
+    rep.finish_and_check(&db, &replica, 60 * SECS);
+}
+
 /// `replicate --config` with `$VAR` expansion and two replicas per database.
 #[test]
 fn config_file_with_env_and_two_replicas() {
