@@ -3,13 +3,17 @@
 //!
 //! - [`plan`] picks the fewest files: the newest snapshot (`min = 1`) at or before the
 //!   target, then at each step the file reaching furthest without passing it.
-//! - [`restore`] streams them into a temporary file page by page (memory stays bounded:
-//!   one page plus 8 bytes of checksum per page), checks every file's checksums and the
-//!   chain of database checksums, runs SQLite's check, then fsyncs and renames.
+//! - [`restore`] streams them into a temporary file page by page, decoding on one
+//!   thread while another writes (memory stays bounded: four 1 MiB runs of pages and
+//!   8 bytes of checksum per page), checks every file's checksums and the chain of
+//!   database checksums, runs SQLite's check (through a memory map), then fsyncs and
+//!   renames.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -184,7 +188,7 @@ fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Pa
     let mut buf = Vec::new();
     let mut last_log = Instant::now();
     let mut pages_done = 0u64;
-    let mut out = RunWriter::default();
+    let mut out = PageWriter::start(&file);
     for (i, info) in chain.iter().enumerate() {
         let name = info.key.to_string();
         let (reader, fetched_sums): (Box<dyn std::io::Read + Send>, _) = match ahead.take(i) {
@@ -226,7 +230,7 @@ fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Pa
             )));
         }
         while let Some(pgno) = dec.next_page(&mut buf).map_err(|e| Error::ltx(name.clone(), e))? {
-            out.write(&file, (pgno as u64 - 1) * page_size as u64, &buf)
+            out.write((pgno as u64 - 1) * page_size as u64, &buf)
                 .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
             sums.set(pgno, Checksum::page(pgno, &buf));
             pages_done += 1;
@@ -236,10 +240,9 @@ fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Pa
             }
         }
         let trailer = dec.finish().map_err(|e| Error::ltx(name.clone(), e))?;
-        out.flush(&file).map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
         sums.resize(header.commit);
-        file.set_len(header.commit as u64 * page_size as u64)
-            .map_err(|e| Error::io(format!("resize {}", tmp.display()), e))?;
+        out.set_len(header.commit as u64 * page_size as u64)
+            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
         let post = recorded.map_or(trailer.post_apply_checksum, |r| r.post);
         if checked && verified {
             if post != sums.checksum() {
@@ -252,6 +255,7 @@ fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Pa
             verified = false;
         }
     }
+    out.finish().map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
     durable::sync(&file, tmp)?;
     let last = chain.last().expect("a plan has at least one file");
     Ok(Report {
@@ -262,34 +266,128 @@ fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Pa
     })
 }
 
-/// Gathers pages that follow each other on disk into one write (a snapshot is one long
-/// run), so restoring costs about as many system calls as copying the file.
-#[derive(Default)]
-struct RunWriter {
-    buf: Vec<u8>,
+/// Writes the restored pages on a thread of its own, so decoding the next pages
+/// overlaps copying these into the file and writing them to disk. Pages that follow each other on disk are
+/// gathered into one write (a snapshot is one long run), so restoring costs about as
+/// many system calls as copying the file.
+struct PageWriter {
+    ops: Option<SyncSender<Op>>,
+    spare: Receiver<Vec<u8>>,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+    run: Vec<u8>,
     start: u64,
 }
 
-impl RunWriter {
-    const MAX: usize = 4 << 20;
+/// What the writer thread does, in order.
+enum Op {
+    Write(Vec<u8>, u64),
+    SetLen(u64),
+}
 
-    fn write(&mut self, file: &File, offset: u64, page: &[u8]) -> std::io::Result<()> {
-        if !self.buf.is_empty() && (offset != self.start + self.buf.len() as u64 || self.buf.len() >= Self::MAX) {
-            self.flush(file)?;
+impl PageWriter {
+    /// Largest write.
+    const RUN: usize = 1 << 20;
+    /// Runs in flight (and the buffers that carry them).
+    const DEPTH: usize = 4;
+
+    fn start(file: &File) -> PageWriter {
+        let (ops, todo) = sync_channel::<Op>(Self::DEPTH);
+        let (give_back, spare) = sync_channel(Self::DEPTH);
+        for _ in 1..Self::DEPTH {
+            give_back.send(Vec::with_capacity(Self::RUN)).expect("the receiver is alive");
         }
-        if self.buf.is_empty() {
+        let file = file.try_clone();
+        let thread = std::thread::spawn(move || -> std::io::Result<()> {
+            let file = file?;
+            for op in todo {
+                match op {
+                    Op::Write(mut run, offset) => {
+                        file.write_all_at(&run, offset)?;
+                        start_writeback(&file, offset, run.len());
+                        run.clear();
+                        // The main thread may be gone already (it failed): fine.
+                        let _ = give_back.send(run);
+                    }
+                    Op::SetLen(len) => file.set_len(len)?,
+                }
+            }
+            Ok(())
+        });
+        PageWriter { ops: Some(ops), spare, thread: Some(thread), run: Vec::with_capacity(Self::RUN), start: 0 }
+    }
+
+    fn write(&mut self, offset: u64, page: &[u8]) -> std::io::Result<()> {
+        if !self.run.is_empty() && (offset != self.start + self.run.len() as u64 || self.run.len() >= Self::RUN) {
+            self.send_run()?;
+        }
+        if self.run.is_empty() {
             self.start = offset;
         }
-        self.buf.extend_from_slice(page);
+        self.run.extend_from_slice(page);
         Ok(())
     }
 
-    fn flush(&mut self, file: &File) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            file.write_all_at(&self.buf, self.start)?;
-            self.buf.clear();
+    /// Sets the file's length once every page written so far is in place.
+    fn set_len(&mut self, len: u64) -> std::io::Result<()> {
+        self.send_run()?;
+        self.send(Op::SetLen(len))
+    }
+
+    /// Waits until everything is written; returns the first error.
+    fn finish(mut self) -> std::io::Result<()> {
+        self.send_run()?;
+        self.ops = None;
+        self.join()
+    }
+
+    fn send_run(&mut self) -> std::io::Result<()> {
+        if self.run.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let Ok(next) = self.spare.recv() else { return Err(self.stopped()) };
+        let run = std::mem::replace(&mut self.run, next);
+        self.send(Op::Write(run, self.start))
+    }
+
+    fn send(&mut self, op: Op) -> std::io::Result<()> {
+        match self.ops.as_ref().map(|ops| ops.send(op)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.stopped()),
+        }
+    }
+
+    /// Stops the thread and returns its result.
+    fn join(&mut self) -> std::io::Result<()> {
+        self.ops = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the restore writer thread panicked")),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the thread took no more work: its error.
+    fn stopped(&mut self) -> std::io::Error {
+        self.join().err().unwrap_or_else(|| std::io::Error::other("the restore writer thread stopped"))
+    }
+}
+
+/// Asks the kernel to start writing a range to disk now, so the fsync at the end has
+/// little left to wait for (cp + fsync pays for the whole file at once).
+#[allow(unsafe_code)]
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain syscall on a descriptor we own; it only starts writeback, and a
+    // failure (e.g. an unsupported filesystem) leaves the work to the final fsync.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+impl Drop for PageWriter {
+    /// A failed restore stops the thread before its file is removed.
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 
@@ -304,6 +402,10 @@ fn sqlite_check(path: &Path, check: Check) -> Result<()> {
         uri,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
     )?;
+    // Through a memory map the check reads pages without copying them: about ten
+    // times faster on a large database (SQLite caps the map at its own maximum).
+    let len = fs::metadata(path).map_err(|e| Error::io(format!("stat {}", path.display()), e))?.len();
+    conn.execute_batch(&format!("PRAGMA mmap_size = {len}"))?;
     let mut stmt = conn.prepare(pragma)?;
     let lines: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     if lines != ["ok"] {

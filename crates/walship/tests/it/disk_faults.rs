@@ -389,3 +389,32 @@ fn eio_from_fsync_write_and_read_stops_cleanly_and_never_corrupts() {
     writer.finish(Duration::from_secs(10));
     recover_and_compare(&db, &replica, &log, &out);
 }
+
+/// A restore onto a disk too small for the database fails with one clear error (from
+/// the thread that writes the pages) and leaves nothing behind: no output file, no
+/// temporary file. The same restore then succeeds on a disk with room.
+#[test]
+fn restore_onto_a_full_disk_fails_cleanly() {
+    let tmp = tempdir();
+    let Some(_mnt) = Tmpfs::mount(&tmp.path().join("mnt"), "2m") else { return };
+    let mnt = tmp.path().join("mnt");
+    let db = tmp.path().join("app.db");
+    let replica = tmp.path().join("replica");
+    create_db(&db, SCHEMA);
+    // About 6 MiB of incompressible rows: three times the small disk.
+    exec(&db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500) INSERT INTO t(v) SELECT randomblob(4000) FROM n;");
+    let mut p = start_replicate(&db, &replica, &tmp.path().join("replicate.log"), &[]);
+    assert!(wait_until(Duration::from_secs(20), || newest_txid(&replica) >= 1), "no file; log:\n{}", p.log_text());
+    assert!(p.interrupt(Duration::from_secs(30)).success());
+    let target = mnt.join("restored.db");
+    let o = restore(s(&replica), &target, &[]);
+    assert!(!o.status.success(), "a restore onto a full disk succeeded");
+    let err = stderr(&o);
+    assert!(err.starts_with("error: ") && err.contains("No space left"), "unclear error: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "more than one line: {err}");
+    let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "a failed restore left {left:?} behind");
+    let roomy = tmp.path().join("restored.db");
+    assert!(restore(s(&replica), &roomy, &[]).status.success());
+    assert_eq!(dump_hash(&roomy, false), dump_hash(&db, false));
+}
