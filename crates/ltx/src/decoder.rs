@@ -75,6 +75,17 @@ impl<R: Read> Decoder<R> {
     /// `Ok(Some(pgno))`, or `Ok(None)` at the end-of-pages marker (and on
     /// every later call).
     pub fn next_page(&mut self, buf: &mut Vec<u8>) -> Result<Option<u32>> {
+        Ok(self.read_page(buf, false)?.map(|(pgno, _)| pgno))
+    }
+
+    /// Like [`Decoder::next_page`], and also returns the page's checksum
+    /// ([`Checksum::page`]), computed once for the caller and the decoder's own
+    /// snapshot check.
+    pub fn next_page_with_checksum(&mut self, buf: &mut Vec<u8>) -> Result<Option<(u32, Checksum)>> {
+        Ok(self.read_page(buf, true)?.map(|(pgno, sum)| (pgno, sum.expect("asked for"))))
+    }
+
+    fn read_page(&mut self, buf: &mut Vec<u8>, want_sum: bool) -> Result<Option<(u32, Option<Checksum>)>> {
         if self.state != State::Pages {
             return Ok(None);
         }
@@ -119,10 +130,11 @@ impl<R: Read> Decoder<R> {
         });
         self.n += size as u64;
         self.prev_pgno = pgno;
-        if let Some(db) = &mut self.db_checksum {
-            db.add(Checksum::page(pgno, buf));
+        let sum = (want_sum || self.db_checksum.is_some()).then(|| Checksum::page(pgno, buf));
+        if let (Some(db), Some(sum)) = (&mut self.db_checksum, sum) {
+            db.add(sum);
         }
-        Ok(Some(pgno))
+        Ok(Some((pgno, sum)))
     }
 
     /// The LZ4 block of the page last returned by [`Decoder::next_page`] (for

@@ -104,6 +104,23 @@ fn streaming_decoder_matches_decode_all_and_finish_skips_pages() {
     }
 }
 
+#[test]
+fn page_checksums_from_the_decoder_match_the_pages() {
+    for path in litestream_files() {
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, pages, trailer) = decode_all(&bytes).unwrap();
+        let mut dec = Decoder::new(&bytes[..]).unwrap();
+        let mut buf = Vec::new();
+        for (pgno, data) in &pages {
+            let (got, sum) = dec.next_page_with_checksum(&mut buf).unwrap().unwrap();
+            assert_eq!((got, &buf), (*pgno, data));
+            assert_eq!(sum, Checksum::page(*pgno, data));
+        }
+        assert_eq!(dec.next_page_with_checksum(&mut buf).unwrap(), None);
+        assert_eq!(dec.finish().unwrap(), trailer);
+    }
+}
+
 fn header(page_size: u32, commit: u32, min: u64, max: u64) -> Header {
     Header {
         flags: HEADER_FLAG_NO_CHECKSUM,

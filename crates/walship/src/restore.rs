@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use ltx::{Checksum, Decoder, Header, TxId};
+use ltx::{Decoder, Header, TxId};
 
 use crate::capture::sibling;
 use crate::durable;
@@ -229,10 +229,10 @@ fn apply_files(store: &dyn Store, chain: &[FileInfo], ahead: &Prefetch, tmp: &Pa
                 sums.checksum()
             )));
         }
-        while let Some(pgno) = dec.next_page(&mut buf).map_err(|e| Error::ltx(name.clone(), e))? {
+        while let Some((pgno, sum)) = dec.next_page_with_checksum(&mut buf).map_err(|e| Error::ltx(name.clone(), e))? {
             out.write((pgno as u64 - 1) * page_size as u64, &buf)
                 .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-            sums.set(pgno, Checksum::page(pgno, &buf));
+            sums.set(pgno, sum);
             pages_done += 1;
             if last_log.elapsed() > Duration::from_secs(2) {
                 tracing::info!(file = %name, pages = pages_done, "restoring");
