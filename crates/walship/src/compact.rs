@@ -41,15 +41,16 @@ use crate::store::{FileKey, SNAPSHOT_LEVEL, Store, list_all};
 /// Merged pages stay in memory up to this many bytes, then spill to a scratch file.
 pub const MEMORY_CAP: usize = 64 << 20;
 
-/// How often the compactor looks at the clock and the stop flag.
-const TICK: Duration = Duration::from_millis(100);
+/// The longest the compactor sleeps before looking at the wall clock again (it sleeps
+/// until the next job is due, and is woken early by a stop).
+const MAX_NAP: Duration = Duration::from_secs(5);
 
 /// What the replica holds so far (the newest TXID uploaded to it), read by the
 /// compactor to skip rounds with nothing new: an idle database costs no requests.
 pub type Uploaded = Box<dyn Fn() -> TxId + Send>;
 
-/// Starts the compactor of one replica; it returns soon after `halt` is set. Its
-/// scratch files are `<scratch>/.<name>.*`.
+/// Starts the compactor of one replica; it returns soon after `halt` is set and the
+/// thread is unparked. Its scratch files are `<scratch>/.<name>.*`.
 pub fn spawn(
     store: Arc<dyn Store>,
     settings: Compaction,
@@ -107,7 +108,11 @@ pub fn run(store: &dyn Store, settings: Compaction, scratch: &Path, name: &str, 
                 tracing::warn!(replica = %store.describe(), error = %e, "cannot enforce retention; retrying at the next interval");
             }
         }
-        std::thread::sleep(TICK);
+        let next = level_due.iter().copied().chain([snapshot_due, retention_due]).min().unwrap_or(i64::MAX);
+        let nap = Duration::from_millis(next.saturating_sub(now_ms()).max(1) as u64).min(MAX_NAP);
+        if !stopping() {
+            std::thread::park_timeout(nap);
+        }
     }
     c.remove_scratch();
 }

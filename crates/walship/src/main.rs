@@ -4,7 +4,6 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,6 +13,7 @@ use walship::live::follow::{self, Follower, Source};
 use walship::live::server::{self, Served};
 use walship::local::LocalDir;
 use walship::replicate::{self, DbSpec};
+use walship::wake::Stop;
 use walship::restore::{self, Check, Target};
 use walship::store::{self, Store as _};
 use walship::store::counted::{Counted, Counts};
@@ -278,7 +278,7 @@ fn replicate_cmd(
             (name, std::thread::spawn(move || {
                 let r = replicate::run(spec, stop.clone());
                 // One database failing stops the others too: the operator must look.
-                stop.store(true, Ordering::Relaxed);
+                stop.set();
                 r
             }))
         })
@@ -301,16 +301,16 @@ fn replicate_cmd(
     first_error.map_or(Ok(()), Err)
 }
 
-/// A flag set by the first SIGINT or SIGTERM.
-fn stop_on_signal(message: &'static str) -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
+/// A stop set by the first SIGINT or SIGTERM.
+fn stop_on_signal(message: &'static str) -> anyhow::Result<Arc<Stop>> {
+    let stop = Arc::new(Stop::default());
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .context("install signal handlers")?;
     let flag = stop.clone();
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             tracing::info!("{message}");
-            flag.store(true, Ordering::Relaxed);
+            flag.set();
         }
     });
     Ok(stop)
@@ -331,6 +331,6 @@ fn follow_cmd(source: &str, replica: &std::path::Path, listen: Option<String>, t
         None => None,
     };
     let stop = stop_on_signal("stopping")?;
-    follower.run(&stop)?;
+    follower.run(stop.flag())?;
     Ok(())
 }

@@ -9,7 +9,8 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -34,6 +35,41 @@ impl Waker {
         unsafe {
             libc::write(self.0.as_raw_fd(), (&raw const one).cast(), 8);
         }
+    }
+}
+
+/// A stop request shared by the threads of one command: a flag, and the waiting
+/// threads to wake when it is set (so a stop is noticed at once, however long they
+/// sleep).
+#[derive(Debug, Default)]
+pub struct Stop {
+    flag: AtomicBool,
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl Stop {
+    /// Whether a stop was requested.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Requests the stop and wakes every registered thread.
+    pub fn set(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).iter().for_each(Waker::wake);
+    }
+
+    /// Wakes `waker` when the stop is set (at once if it already is).
+    pub fn wake_on_set(&self, waker: Waker) {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(waker.clone());
+        if self.is_set() {
+            waker.wake();
+        }
+    }
+
+    /// The flag itself, for code that only polls it.
+    pub fn flag(&self) -> &AtomicBool {
+        &self.flag
     }
 }
 

@@ -1,6 +1,7 @@
 //! `walship replicate`: one capture thread per database, woken by inotify (with a
-//! 100 ms tick as fallback; see [`crate::wake`]), and one uploader thread per replica, so a slow or failing
-//! replica never holds up capture or the other replicas. Local files are removed once
+//! fallback tick of 100 ms, 1 s when idle; see [`crate::wake`]), and one uploader
+//! thread per replica, so a slow or failing replica never holds up capture or the
+//! other replicas. Local files are removed once
 //! every replica has them; a replica that lacks history is seeded with a snapshot.
 //! Each replica also has a compactor thread ([`compact`]): levels, snapshots, retention.
 
@@ -19,10 +20,19 @@ use crate::live::feed::Feed;
 use crate::local::{self, LocalDir, Pos};
 use crate::replica_form;
 use crate::store::{FileKey, PUT_BYTES_MAX, SNAPSHOT_LEVEL, Store, list_all};
-use crate::wake::Wake;
+use crate::wake::{Stop, Wake};
 
-/// The fallback wake-up interval when no file event arrives.
+/// The fallback wake-up interval when no file event arrives (in case inotify misses
+/// writes, e.g. on a network file system), while the database is busy.
 const TICK: Duration = Duration::from_millis(100);
+
+/// The fallback interval once nothing was captured for [`IDLE_AFTER`]: an idle
+/// database costs (almost) no CPU.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// How long without a capture before the fallback slows to [`IDLE_TICK`]; longer than
+/// the pause in commits a TRUNCATE checkpoint waits for.
+const IDLE_AFTER: Duration = Duration::from_secs(2);
 
 /// Captured files kept locally for live followers after every replica has them: a
 /// follower further behind gets a snapshot.
@@ -67,7 +77,7 @@ impl DbSpec {
 
 /// Replicates `db` until `stop` is set, then captures a last time, uploads what is
 /// left and returns.
-pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
+pub fn run(db: DbSpec, stop: Arc<Stop>) -> Result<()> {
     let path = db.path.canonicalize().map_err(|e| Error::BadDatabase(format!("database {}: {e}", db.path.display())))?;
     if crate::sqlite::ensure_wal(&path)? {
         tracing::warn!(db = %path.display(), "switched the database to WAL mode (walship needs it)");
@@ -106,11 +116,13 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
         .collect();
 
     let wake = Wake::new(&path)?;
+    stop.wake_on_set(wake.waker());
     if let Some(feed) = &db.feed {
         feed.set_waker(wake.waker());
     }
     let result = capture_loop(&mut capture, &shared, db.feed.as_deref(), &wake, &stop, db.local_cap_bytes);
     halt.store(true, Ordering::Relaxed);
+    compactors.iter().for_each(|c| c.thread().unpark());
     let closed = capture.close();
     if let Some(feed) = &db.feed {
         feed.stop();
@@ -142,7 +154,7 @@ pub fn run(db: DbSpec, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wake: &Wake, stop: &AtomicBool, cap: u64) -> Result<()> {
+fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wake: &Wake, stop: &Stop, cap: u64) -> Result<()> {
     let mut pruned_at = None;
     let mut cap_checked = Instant::now();
     if let Some(feed) = feed {
@@ -150,8 +162,9 @@ fn capture_loop(capture: &mut Capture, shared: &Shared, feed: Option<&Feed>, wak
     }
     let min_interval = capture.options().min_interval;
     let mut last_capture: Option<Instant> = None;
-    while !stop.load(Ordering::Relaxed) {
-        wake.wait(TICK);
+    while !stop.is_set() {
+        let idle = last_capture.is_none_or(|t| t.elapsed() > IDLE_AFTER);
+        wake.wait(if idle { IDLE_TICK } else { TICK });
         // Under sustained writes, let commits gather (see `CaptureOptions::min_interval`).
         if let Some(wait) = last_capture.and_then(|t| min_interval.checked_sub(t.elapsed())) {
             std::thread::sleep(wait);
@@ -269,7 +282,7 @@ fn prune(local: &LocalDir, acked: TxId, keep: usize) -> Result<()> {
 /// must never collide with old ones), so each replica is listed, retrying until it
 /// answers or `stop` is set. With local state, an unreachable replica is skipped: its
 /// uploader finds out later where it stands.
-fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>], stop: &AtomicBool) -> Result<Pos> {
+fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>], stop: &Stop) -> Result<Pos> {
     let known = local.last_pos()?;
     let mut pos = known.unwrap_or_default();
     for store in replicas {
@@ -281,7 +294,7 @@ fn resume_pos(local: &LocalDir, replicas: &[Box<dyn Store>], stop: &AtomicBool) 
                     tracing::warn!(replica = %store.describe(), error = %e, "cannot list the replica at start");
                     break None;
                 }
-                Err(_) if stop.load(Ordering::Relaxed) => {
+                Err(_) if stop.is_set() => {
                     return Err(Error::Invalid(format!("replica {}: stopped before it could be listed", store.describe())));
                 }
                 Err(e) => backoff.fail(store.as_ref(), "list the replica (needed to number new files)", &e),

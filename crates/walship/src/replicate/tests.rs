@@ -2,7 +2,6 @@
 //! converges, and a replica that fails never holds up capture or the other replicas.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::thread;
 
 use rusqlite::Connection;
@@ -27,7 +26,7 @@ fn rows(db: &Path) -> Vec<(i64, Vec<u8>)> {
 
 /// Runs replicate while a writer commits `commits` transactions, then stops it.
 fn replicate_while_writing(db: &Path, spec: DbSpec, commits: usize) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Stop::default());
     let runner = {
         let stop = stop.clone();
         thread::spawn(move || run(spec, stop))
@@ -41,7 +40,7 @@ fn replicate_while_writing(db: &Path, spec: DbSpec, commits: usize) -> Result<()
         }
         thread::sleep(Duration::from_millis(2));
     }
-    stop.store(true, Ordering::Relaxed);
+    stop.set();
     runner.join().unwrap()
 }
 
