@@ -55,7 +55,7 @@ fn stream<R: Read>(r: R) -> Option<Streamed> {
     let ok = first.is_ok();
     if let Ok(t) = first {
         assert_eq!(dec.finish().ok(), Some(t), "a second finish() must return the trailer again");
-        assert_eq!(dec.page_index().len(), pages.len(), "page index vs pages read");
+        assert_eq!(dec.page_index().count(), pages.len(), "page index vs pages read");
     }
     Some((pages, ok))
 }

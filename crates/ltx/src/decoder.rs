@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read};
 use crate::checksum::digest;
 use crate::error::truncated;
 use crate::lz4::{compress_bound, decompress_exact};
-use crate::page::{PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndexEntry, check_page_order};
+use crate::page::{PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndex, PageIndexEntry, check_page_order};
 use crate::{Checksum, DbChecksum, Error, HEADER_SIZE, Header, Result, TRAILER_SIZE, Trailer};
 
 /// Longest uvarint encoding of a u64.
@@ -30,8 +30,10 @@ pub struct Decoder<R: Read> {
     /// Bytes consumed so far.
     n: u64,
     prev_pgno: u32,
-    frames: Vec<PageIndexEntry>,
-    index: Vec<PageIndexEntry>,
+    /// The frames read, which the page index must list exactly.
+    frames: PageIndex,
+    /// Whether the page index was read and matched the frames.
+    index_checked: bool,
     compressed: Vec<u8>,
     /// Running database checksum, for tracked snapshots only.
     db_checksum: Option<DbChecksum>,
@@ -53,8 +55,8 @@ impl<R: Read> Decoder<R> {
             hash,
             n: HEADER_SIZE as u64,
             prev_pgno: 0,
-            frames: Vec::new(),
-            index: Vec::new(),
+            frames: PageIndex::default(),
+            index_checked: false,
             compressed: Vec::new(),
             db_checksum,
             state: State::Pages,
@@ -66,9 +68,10 @@ impl<R: Read> Decoder<R> {
         &self.header
     }
 
-    /// The page index read from the file (empty until [`Decoder::finish`]).
-    pub fn page_index(&self) -> &[PageIndexEntry] {
-        &self.index
+    /// The page index read from the file (empty until [`Decoder::finish`] has checked
+    /// it against the page frames).
+    pub fn page_index(&self) -> impl Iterator<Item = PageIndexEntry> + '_ {
+        self.frames.entries().take(if self.index_checked { usize::MAX } else { 0 })
     }
 
     /// Reads the next page into `buf` (resized to the page size); returns
@@ -197,7 +200,9 @@ impl<R: Read> Decoder<R> {
     /// Reads the page index and checks it lists exactly the frames read.
     fn read_index(&mut self) -> Result<()> {
         let start = self.n;
-        self.index.clear();
+        let frames = std::mem::take(&mut self.frames);
+        let mut expected = frames.entries();
+        let mut listed = 0usize;
         loop {
             let pgno = self.read_uvarint()?;
             if pgno == 0 {
@@ -209,7 +214,7 @@ impl<R: Read> Decoder<R> {
                 .ok()
                 .map(|pgno| PageIndexEntry { pgno, offset, size });
             match entry {
-                Some(e) if self.frames.get(self.index.len()) == Some(&e) => self.index.push(e),
+                Some(e) if expected.next() == Some(e) => listed += 1,
                 _ => {
                     return Err(Error::Corrupt(format!(
                         "page index entry for page {pgno} does not match the page frames"
@@ -217,9 +222,12 @@ impl<R: Read> Decoder<R> {
                 }
             }
         }
-        if self.index.len() != self.frames.len() {
+        if listed != frames.len() {
             return Err(Error::Corrupt("page index is missing pages".into()));
         }
+        drop(expected);
+        self.frames = frames;
+        self.index_checked = true;
         let len = self.n - start;
         let mut stored = [0u8; 8];
         self.read_hashed(&mut stored, "page index size")?;

@@ -5,9 +5,7 @@ use std::io::Write;
 use crate::checksum::digest;
 use crate::header::check_post_apply;
 use crate::lz4::{Compressor, compress_bound};
-use crate::page::{
-    PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndexEntry, check_page_order, encode_index,
-};
+use crate::page::{PAGE_FLAG_SIZE, PAGE_HEADER_SIZE, PageIndex, PageIndexEntry, check_page_order};
 use crate::{Checksum, Error, Header, Result, Trailer};
 
 enum State {
@@ -27,7 +25,7 @@ pub struct Encoder<W: Write> {
     /// Bytes written so far.
     n: u64,
     prev_pgno: u32,
-    index: Vec<PageIndexEntry>,
+    index: PageIndex,
     compressor: Compressor,
     frame: Vec<u8>,
     state: State,
@@ -47,7 +45,7 @@ impl<W: Write> Encoder<W> {
             hash,
             n: bytes.len() as u64,
             prev_pgno: 0,
-            index: Vec::new(),
+            index: PageIndex::default(),
             compressor: Compressor::new(),
             frame: Vec::new(),
             state: State::Pages,
@@ -131,7 +129,7 @@ impl<W: Write> Encoder<W> {
         check_post_apply(&self.header, post_apply_checksum)?;
 
         let mut tail = vec![0u8; PAGE_HEADER_SIZE];
-        encode_index(&self.index, &mut tail);
+        self.index.encode_into(&mut tail);
         tail.extend_from_slice(&post_apply_checksum.0.to_be_bytes());
         self.hash.update(&tail);
         let file_checksum = Checksum(Checksum::FLAG.0 | self.hash.finalize());

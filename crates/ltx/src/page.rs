@@ -61,19 +61,62 @@ pub(crate) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Encodes the page index: one `(pgno, offset, size)` uvarint triple per
-/// page in page order, a zero uvarint, then the u64 BE byte length of
-/// everything before it (triples and end marker).
-pub(crate) fn encode_index(entries: &[PageIndexEntry], out: &mut Vec<u8>) {
-    let start = out.len();
-    for e in entries {
-        put_uvarint(out, u64::from(e.pgno));
-        put_uvarint(out, e.offset);
-        put_uvarint(out, e.size);
+/// A page index as it is built, page frame by page frame, kept in its encoded form
+/// (about 8 bytes per page instead of 24): a snapshot of a large database has
+/// millions of pages.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PageIndex {
+    /// One `(pgno, offset, size)` uvarint triple per page, in page order.
+    triples: Vec<u8>,
+    len: usize,
+}
+
+impl PageIndex {
+    /// Adds the next page frame.
+    pub(crate) fn push(&mut self, e: PageIndexEntry) {
+        put_uvarint(&mut self.triples, u64::from(e.pgno));
+        put_uvarint(&mut self.triples, e.offset);
+        put_uvarint(&mut self.triples, e.size);
+        self.len += 1;
     }
-    put_uvarint(out, 0);
-    let len = (out.len() - start) as u64;
-    out.extend_from_slice(&len.to_be_bytes());
+
+    /// Number of entries.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The entries, in order.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = PageIndexEntry> + '_ {
+        let mut rest = &self.triples[..];
+        std::iter::from_fn(move || {
+            let pgno = take_uvarint(&mut rest)?;
+            let offset = take_uvarint(&mut rest)?;
+            let size = take_uvarint(&mut rest)?;
+            Some(PageIndexEntry { pgno: pgno as u32, offset, size })
+        })
+    }
+
+    /// Appends the encoded index: the triples, a zero uvarint, then the u64 BE byte
+    /// length of both.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.triples);
+        put_uvarint(out, 0);
+        let len = self.triples.len() as u64 + 1;
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+}
+
+/// Reads a uvarint written by [`put_uvarint`] off the front of `rest`.
+fn take_uvarint(rest: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for (i, b) in rest.iter().enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *rest = &rest[i + 1..];
+            return Some(v);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -86,6 +129,24 @@ mod tests {
         let mut v = Vec::new();
         put_uvarint(&mut v, 300);
         assert_eq!(v, [0xac, 0x02]);
+    }
+
+    #[test]
+    fn page_index_round_trip() {
+        let mut index = PageIndex::default();
+        let entries = [
+            PageIndexEntry { pgno: 1, offset: 100, size: 30 },
+            PageIndexEntry { pgno: u32::MAX, offset: u64::MAX, size: 1 << 40 },
+            PageIndexEntry { pgno: 300, offset: 0, size: 0 },
+        ];
+        entries.iter().for_each(|e| index.push(*e));
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.entries().collect::<Vec<_>>(), entries);
+        let mut out = Vec::new();
+        index.encode_into(&mut out);
+        let body = out.len() - 8;
+        assert_eq!(out[body - 1], 0, "zero end marker");
+        assert_eq!(u64::from_be_bytes(out[body..].try_into().unwrap()), body as u64);
     }
 
     #[test]

@@ -99,7 +99,7 @@ fn streaming_decoder_matches_decode_all_and_finish_skips_pages() {
         assert_eq!(buf, pages[0].1);
         assert_eq!(dec.finish().unwrap(), trailer);
         assert_eq!(dec.finish().unwrap(), trailer);
-        assert_eq!(dec.page_index().len(), pages.len());
+        assert_eq!(dec.page_index().count(), pages.len());
         assert_eq!(dec.next_page(&mut buf).unwrap(), None);
     }
 }
