@@ -1,9 +1,9 @@
 //! `walship replicate`: one capture thread per database, woken by inotify (with a
 //! fallback tick of 100 ms, 1 s when idle; see [`crate::wake`]), and one uploader
 //! thread per replica, so a slow or failing replica never holds up capture or the
-//! other replicas. Local files are removed once
-//! every replica has them; a replica that lacks history is seeded with a snapshot.
-//! Each replica also has a compactor thread ([`compact`]): levels, snapshots, retention.
+//! other replicas. Local files are removed once every replica has them; a replica that
+//! lacks history is seeded with a snapshot. Each replica also has a compactor thread
+//! ([`compact`]): levels, snapshots, retention.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
