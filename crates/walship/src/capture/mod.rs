@@ -538,10 +538,10 @@ impl Capture {
 
     /// Writes the WAL to disk before the barrier is taken: the checkpoint syncs the WAL
     /// first, and with most of it on disk already that sync (made while the app
-    /// waits) is short.
+    /// waits) is short. A failed fsync is a durability error, like any other.
     fn presync_wal(&self) -> Result<()> {
         match File::open(&self.wal) {
-            Ok(f) => f.sync_data().map_err(|e| Error::io(format!("fsync {}", self.wal.display()), e)),
+            Ok(f) => crate::durable::sync(&f, &self.wal),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(format!("open {}", self.wal.display()), e)),
         }
